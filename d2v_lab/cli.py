@@ -5,9 +5,12 @@ import argparse
 import json
 import sys
 
+from .checkpoint import CheckpointError
+from .config import MODALITIES
 from .data import DataError, dataset_info
 from .data.download import DATASETS, ensure_dataset
 from .data.root import data_root
+from .profiles import PROFILES
 
 
 def _print_info(info: dict) -> None:
@@ -49,6 +52,22 @@ def cmd_data(args) -> int:
     return 0
 
 
+def cmd_pretrain(args) -> int:
+    from .profiles import get_profile
+    from .train import TrainingStopped, pretrain
+
+    cfg = get_profile(args.modality, args.profile, args.version).with_overrides(args.set or [])
+    try:
+        result = pretrain(cfg, args.out, resume=args.resume)
+    except TrainingStopped as e:
+        print(f"d2v-lab: training stopped: {e}", file=sys.stderr)
+        return 3
+    last = result.metrics[-1] if result.metrics else {}
+    print(f"{cfg.modality}: {result.step}/{cfg.train.steps} steps in {result.out_dir} "
+          f"(loss {last.get('loss', float('nan')):.4f}, target std {last.get('target_std', float('nan')):.3f})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="d2v-lab", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -60,6 +79,17 @@ def build_parser() -> argparse.ArgumentParser:
     dl = data_sub.add_parser("download", help="download an official dataset archive into the data root")
     dl.add_argument("name", choices=[*DATASETS, "all"])
     data.set_defaults(func=cmd_data)
+
+    pre = sub.add_parser("pretrain", help="pretrain a data2vec model on one modality")
+    pre.add_argument("--modality", required=True, choices=MODALITIES)
+    pre.add_argument("--profile", choices=PROFILES, default=None,
+                     help="size preset (default: $D2V_LAB_PROFILE or cpu)")
+    pre.add_argument("--version", type=int, choices=(1, 2), default=2, help="data2vec 1.0 or 2.0 recipe")
+    pre.add_argument("--out", required=True, help="run folder: checkpoint.pt, metrics.jsonl, config.json")
+    pre.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
+    pre.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE",
+                     help="override a setting, e.g. --set train.lr=3e-4 --set mask.ratio=0.5")
+    pre.set_defaults(func=cmd_pretrain)
     return parser
 
 
@@ -67,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except DataError as e:
+    except (DataError, CheckpointError, FileExistsError, ValueError) as e:
         print(f"d2v-lab: error: {e}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,76 @@
+"""Model-ready tensors from the datasets: what each modality's adapter eats.
+
+image: uint8 (N, 3, 32, 32) pixels;  text: int64 (N, seq_len) BPE ids;  audio: float (N, 64, 100) log-mel.
+Pretraining uses training splits only; each modality also gets a held-out set for the held-out
+masked-prediction loss (never used for any update): CIFAR-10 test images, TinyStories "valid" stories,
+and for audio Speech Commands' testing clips plus FSDD's held-out speaker.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer
+
+from .config import RunConfig
+from .data import ClipSet, LogMelConfig, load_cifar10, load_fsdd, load_speech_commands, load_stories, log_mel
+from .data.fsdd import find_fsdd
+from .data.root import DatasetNotFound
+from .data.tokenizer import load_tokenizer, pack_windows
+
+
+@dataclass
+class PretrainData:
+    train: torch.Tensor
+    heldout: torch.Tensor
+    tokenizer: Tokenizer | None = None
+    sources: dict = field(default_factory=dict)   # what went in, for the run's record
+
+
+def image_inputs(split: str, root=None) -> tuple[torch.Tensor, np.ndarray]:
+    s = load_cifar10(split, root)
+    return torch.from_numpy(s.images), s.labels
+
+
+def audio_inputs(clips: ClipSet, progress: bool = True, cfg: LogMelConfig = LogMelConfig()) -> torch.Tensor:
+    """(N, n_mels, n_frames) log-mel features of every clip, computed in chunks to bound memory."""
+    waves = torch.from_numpy(clips.waveforms(progress=progress))
+    return torch.cat([log_mel(chunk, cfg) for chunk in waves.split(512)]) if len(waves) else \
+        torch.zeros(0, cfg.n_mels, cfg.n_frames)
+
+
+def _has_fsdd(root) -> bool:
+    try:
+        find_fsdd(root)
+        return True
+    except DatasetNotFound:
+        return False
+
+
+def pretraining_data(cfg: RunConfig, root=None, progress: bool = True) -> PretrainData:
+    if cfg.modality == "image":
+        train, _ = image_inputs("train", root)
+        heldout, _ = image_inputs("test", root)
+        data = PretrainData(train, heldout[:512], sources={"train": "cifar10/train", "heldout": "cifar10/test"})
+    elif cfg.modality == "text":
+        tok = load_tokenizer(root, cfg.data.vocab_size, max_stories=cfg.data.max_stories)
+        train = pack_windows(load_stories("train", root)[: cfg.data.max_stories], tok, cfg.data.seq_len)
+        heldout = pack_windows(load_stories("valid", root), tok, cfg.data.seq_len)
+        data = PretrainData(train, heldout[:512], tok, {"train": "tinystories/train", "heldout": "tinystories/valid"})
+    else:
+        parts = [load_speech_commands("training", root), load_speech_commands("validation", root)]
+        held = [load_speech_commands("testing", root)]
+        names = ["speechcommands/training+validation"]
+        if cfg.data.use_fsdd and _has_fsdd(root):
+            parts.append(load_fsdd("train", root))
+            held.append(load_fsdd("test", root))
+            names.append("fsdd/train speakers")
+        train = torch.cat([audio_inputs(c, progress) for c in parts])
+        heldout = torch.cat([audio_inputs(c, progress) for c in held])
+        data = PretrainData(train, heldout[:512], sources={"train": " + ".join(names),
+                                                           "heldout": "speechcommands/testing + fsdd/test speaker"})
+    if cfg.data.max_examples:
+        data.train = data.train[: cfg.data.max_examples]
+    data.sources.update(n_train=len(data.train), n_heldout=len(data.heldout))
+    return data

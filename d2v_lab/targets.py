@@ -1,0 +1,37 @@
+"""data2vec's contextualised targets: the teacher's top-K FFN outputs, normalised and averaged.
+
+Baevski et al. 2022, Sec. 3.3 (Eq. 1): y_t = (1/K) * sum_{l=L-K+1}^{L} norm(a_t^l), where a_t^l is the
+output of block l's feed-forward network before its last residual connection. Each block's output is
+normalised WITHOUT learned parameters before averaging, so no single layer dominates the target:
+instance norm over time for speech, layer norm over channels for text and vision (data2vec 1.0);
+instance norm for all modalities in data2vec 2.0. The average is normalised again where the recipe
+says so (data2vec 1.0 vision and 2.0 images: a final layer norm).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+NORMS = ("instance", "layer", "none")
+
+
+def normalise(x: torch.Tensor, how: str) -> torch.Tensor:
+    """Parameter-free normalisation of (B, T, D) features.
+    instance: each channel over time, per sample;  layer: each token over its channels."""
+    if how == "instance":
+        return F.instance_norm(x.transpose(1, 2)).transpose(1, 2)
+    if how == "layer":
+        return F.layer_norm(x, x.shape[-1:])
+    if how == "none":
+        return x
+    raise ValueError(f"unknown normalisation {how!r}; choose from {NORMS}")
+
+
+def build_targets(ffn_outputs: list[torch.Tensor], top_k: int, layer_norm: str = "layer",
+                  final_norm: str = "none") -> torch.Tensor:
+    """Average of the top ``top_k`` blocks' FFN outputs, each normalised by ``layer_norm``, the
+    average normalised by ``final_norm``. Computed in fp32 whatever the teacher's precision."""
+    if not 1 <= top_k <= len(ffn_outputs):
+        raise ValueError(f"top_k must be in [1, {len(ffn_outputs)}] (the encoder depth), got {top_k}")
+    layers = [normalise(a.float(), layer_norm) for a in ffn_outputs[-top_k:]]
+    return normalise(sum(layers) / top_k, final_norm)

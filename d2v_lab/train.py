@@ -1,0 +1,221 @@
+"""One training loop for every modality.
+
+AdamW with linear warm-up and cosine decay, gradient clipping, an EMA teacher update after every
+step, a progress bar, one JSON line of metrics per logged step (``metrics.jsonl``), atomic checkpoints,
+and exact resumption: every step draws its randomness (batch order, masks, augmentation, noise) from
+a generator seeded by (seed, step), so a run interrupted at step s and resumed from its checkpoint
+computes the same updates as one that never stopped.
+
+Guards: a NaN/inf loss stops the run (nothing is saved from the broken step); so does representation
+collapse, detected as the std of the targets across positions falling below ``min_target_std``
+(fairseq's ``min_target_var``): if every position gets the same target, the student can minimise the
+loss by predicting a constant and learns nothing.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from . import perf
+from .checkpoint import CHECKPOINT, TOKENIZER, build_model, check_compatible, read_checkpoint, save_checkpoint
+from .config import RunConfig
+from .data2vec import Data2Vec
+from .ema import tau_at
+from .inputs import PretrainData, pretraining_data
+
+METRICS = "metrics.jsonl"
+
+
+class TrainingStopped(RuntimeError):
+    """Training stopped on purpose: the loss diverged or the representation collapsed."""
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    step: int
+    model: Data2Vec
+    metrics: list[dict]
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(name)
+
+
+def lr_at(step: int, cfg) -> float:
+    """Linear warm-up to cfg.lr, then cosine decay to 0 at cfg.steps."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """All randomness of one step comes from here, so a resumed run repeats it exactly."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + step)
+
+
+def batch_indices(step: int, n: int, batch_size: int, seed: int) -> torch.Tensor:
+    """Epoch-wise shuffling without replacement; the permutation of epoch e depends only on (seed, e)."""
+    per_epoch = max(1, n // batch_size)
+    epoch, i = divmod(step, per_epoch)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 7919 * (epoch + 1)))
+    return perm[i * batch_size:(i + 1) * batch_size]
+
+
+def make_optimizer(model: Data2Vec, cfg) -> torch.optim.AdamW:
+    """AdamW on the student (+ head/decoder); no weight decay on biases, norms, positions, embeddings."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue  # the teacher
+        (no_decay if p.ndim < 2 or "pos" in name or "embedding" in name else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
+
+
+@torch.no_grad()
+def heldout_loss(model: Data2Vec, x: torch.Tensor, seed: int = 1234, teacher=None,
+                 batch_size: int = 256, autocast=contextlib.nullcontext) -> float:
+    """Masked-prediction loss on held-out data with FIXED masks (seeded), never used for updates.
+    ``teacher`` fixes the targets (e.g. a frozen snapshot) so students can be compared fairly."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    total, n = 0.0, 0
+    for i, chunk in enumerate(x.split(batch_size)):
+        g = torch.Generator().manual_seed(seed + i)
+        torch.manual_seed(seed + i)  # the decoder's noise
+        with autocast():
+            out = model(chunk.to(device), g, teacher=teacher)
+        total += float(out.loss) * len(chunk)
+        n += len(chunk)
+    model.train(was_training)
+    return total / n
+
+
+def _read_metrics(path: Path, up_to_step: int) -> list[dict]:
+    """Metrics lines of the steps a checkpoint covers; later lines are from steps that will rerun."""
+    if not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if r["step"] <= up_to_step]
+
+
+def pretrain(cfg: RunConfig, out_dir: str | Path, resume: bool = False, data: PretrainData | None = None,
+             stop_after: int | None = None, progress: bool = True, root=None) -> TrainResult:
+    """Pretrain one modality into ``out_dir`` (checkpoint.pt, metrics.jsonl, config.json).
+
+    ``resume``: continue the checkpoint in out_dir (refused if its modality or config differ).
+    ``stop_after``: stop (with a checkpoint) after this many total steps, as if interrupted.
+    """
+    perf.tune_malloc()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path, metrics_path = out / CHECKPOINT, out / METRICS
+    t = cfg.train
+    if t.threads:
+        torch.set_num_threads(t.threads)
+    device = pick_device(t.device)
+
+    state = None
+    if ckpt_path.exists():
+        if not resume:
+            raise FileExistsError(f"{ckpt_path} exists: pass resume=True (--resume) to continue it, "
+                                  f"or choose another output folder")
+        state = read_checkpoint(ckpt_path)
+        check_compatible(state, cfg, ckpt_path)
+
+    data = data or pretraining_data(cfg, root, progress)
+    if data.tokenizer is not None:
+        data.tokenizer.save(str(out / TOKENIZER))
+    (out / "config.json").write_text(json.dumps({**cfg.to_dict(), "sources": data.sources}, indent=2))
+
+    model = build_model(cfg)
+    optimizer = make_optimizer(model, t)
+    start = 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start = state["step"]
+    model.to(device).train()
+    if t.compile:
+        model.student.encoder.compile()
+        model.teacher.encoder.compile()
+
+    history = _read_metrics(metrics_path, start)
+    metrics_path.write_text("".join(json.dumps(r) + "\n" for r in history))
+    end = min(t.steps, stop_after) if stop_after is not None else t.steps
+    if start >= end:
+        return TrainResult(out, start, model.eval(), history)
+
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if t.precision == "bf16" \
+        else contextlib.nullcontext
+    bar = tqdm(range(start, end), initial=start, total=t.steps, desc=f"pretrain {cfg.modality}",
+               disable=not progress, dynamic_ncols=True)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    completed, updating, tic, seen = start, False, time.perf_counter(), 0
+    try:
+        for step in bar:
+            lr, tau = lr_at(step, t), tau_at(step, cfg.d2v.tau0, cfg.d2v.tau_end, cfg.d2v.tau_ramp_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            g = step_generator(t.seed, step)
+            torch.manual_seed(t.seed * 1_000_003 + step)   # dropout, drop-path, decoder noise
+            x = data.train[batch_indices(step, len(data.train), t.batch_size, t.seed)]
+            x = model.student.adapter.augment(x, g).to(device, non_blocking=True)
+            with autocast():
+                result = model(x, g)
+            loss = result.loss
+            if not torch.isfinite(loss):
+                raise TrainingStopped(f"step {step + 1}: loss is {float(loss)}; stopping (the last checkpoint "
+                                      f"is still good). Try a lower train.lr or fp32 precision.")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, t.clip_grad)
+            updating = True   # student and teacher change together; an interrupt in between is not saved
+            optimizer.step()
+            model.update_teacher(tau)
+            updating, completed = False, step + 1
+            seen += len(x)
+            done = step + 1
+            if done % t.log_every == 0 or done == end:
+                now = time.perf_counter()
+                row = {"step": done, "loss": loss.item(), "target_std": result.target_std,
+                       "pred_std": result.pred_std, "tau": tau, "lr": lr,
+                       "samples_per_s": seen / (now - tic), "epoch": done * t.batch_size / len(data.train)}
+                if t.eval_every and (done % t.eval_every == 0 or done == end):
+                    row["heldout_loss"] = heldout_loss(model, data.heldout, autocast=autocast)
+                history.append(row)
+                with open(metrics_path, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+                bar.set_postfix(loss=f"{row['loss']:.4f}", tgt_std=f"{row['target_std']:.3f}")
+                tic, seen = time.perf_counter(), 0
+                if row["target_std"] < t.min_target_std:
+                    save_checkpoint(ckpt_path, cfg, done, model, optimizer)
+                    raise TrainingStopped(
+                        f"step {done}: target std {row['target_std']:.4f} < {t.min_target_std}: the teacher "
+                        f"gives (nearly) the same target everywhere, i.e. the representation collapsed. "
+                        f"Try a higher EMA decay (d2v.tau0/tau_end), a lower train.lr or a larger mask ratio.")
+            if done % t.checkpoint_every == 0 or done == end:
+                save_checkpoint(ckpt_path, cfg, done, model, optimizer)
+    except KeyboardInterrupt:
+        bar.close()
+        if not updating:  # the model is exactly the state after `completed` steps: keep it
+            save_checkpoint(ckpt_path, cfg, completed, model, optimizer)
+        raise
+    bar.close()
+    return TrainResult(out, end, model.eval(), history)
