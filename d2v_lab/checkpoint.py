@@ -47,8 +47,11 @@ def save_checkpoint(path: Path, cfg: RunConfig, step: int, model: Data2Vec,
              "model": model.state_dict(), "optimizer": optimizer.state_dict() if optimizer else None,
              **(extra or {})}
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one, never half
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def read_checkpoint(path: Path, map_location="cpu") -> dict:

@@ -68,6 +68,30 @@ def cmd_pretrain(args) -> int:
     return 0
 
 
+def cmd_probe(args) -> int:
+    from .probe import run_probe
+
+    result = run_probe(args.checkpoint, supervised=not args.no_supervised, progress=not args.json)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    for r in [result, *result["extra_tasks"]]:
+        print(f"\n{r['modality']} / {r['task']}: {r['n_train']} train (incl. {r['n_val']} val), "
+              f"{r['n_test']} test, chance {100 * r['chance']:.1f}%")
+        if r["note"]:
+            print(f"  note: {r['note']}")
+        sup = r["supervised"]
+        print(f"  {'':<12}{'linear':>9}{'kNN':>9}")
+        for name in ("pretrained", "random_init", "raw_input"):
+            print(f"  {name:<12}{100 * r['linear'][name]:>8.1f}%{100 * r['knn'][name]:>8.1f}%")
+        if sup:
+            print(f"  supervised (same architecture, {sup['epochs']} epochs): {100 * sup['accuracy']:.1f}%")
+        sel = r["selected"]["pretrained"]
+        print(f"  best layer on validation: {sel['layer']} ({sel['pool']} pooling)")
+    print(f"\nwrote {args.checkpoint}/probe.json and probe.png")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="d2v-lab", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -90,6 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE",
                      help="override a setting, e.g. --set train.lr=3e-4 --set mask.ratio=0.5")
     pre.set_defaults(func=cmd_pretrain)
+
+    probe = sub.add_parser("probe", help="linear and k-NN probes of a pretrained model against baselines")
+    probe.add_argument("--checkpoint", required=True, help="a pretraining run folder (holds checkpoint.pt)")
+    probe.add_argument("--json", action="store_true", help="print one JSON object")
+    probe.add_argument("--no-supervised", action="store_true", help="skip the supervised reference model")
+    probe.set_defaults(func=cmd_probe)
     return parser
 
 

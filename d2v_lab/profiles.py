@@ -123,3 +123,17 @@ def with_version(cfg: RunConfig, version: int) -> RunConfig:
     d2v = dataclasses.replace(cfg.d2v, version=version, **paper_targets(cfg.modality, version),
                               **paper_loss(cfg.modality, version))
     return dataclasses.replace(cfg, d2v=d2v, mask=paper_masking(cfg.modality, version))
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeConfig:
+    knn_k: int = 20
+    supervised_epochs: dict = dataclasses.field(default_factory=dict)  # per modality; 0 = skip
+    max_train: int = 0            # cap on probe training examples (0 = all)
+
+
+PROBES = {
+    "ci": ProbeConfig(knn_k=10, supervised_epochs={"image": 1, "text": 2, "audio": 2}, max_train=600),
+    "cpu": ProbeConfig(knn_k=20, supervised_epochs={"image": 4, "text": 10, "audio": 10}),
+    "gpu": ProbeConfig(knn_k=20, supervised_epochs={"image": 50, "text": 30, "audio": 50}),
+}

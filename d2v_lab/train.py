@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -63,27 +64,36 @@ def lr_at(step: int, cfg) -> float:
     return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+def derived_seed(*parts: int) -> int:
+    """A well-mixed 63-bit seed from integers (no collisions like seed + 7919 * epoch would have)."""
+    return int(np.random.SeedSequence(list(parts)).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
 def step_generator(seed: int, step: int) -> torch.Generator:
     """All randomness of one step comes from here, so a resumed run repeats it exactly."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + step)
+    return torch.Generator().manual_seed(derived_seed(seed, step, 1))
 
 
 def batch_indices(step: int, n: int, batch_size: int, seed: int) -> torch.Tensor:
     """Epoch-wise shuffling without replacement; the permutation of epoch e depends only on (seed, e)."""
     per_epoch = max(1, n // batch_size)
     epoch, i = divmod(step, per_epoch)
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 7919 * (epoch + 1)))
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(derived_seed(seed, epoch, 2)))
     return perm[i * batch_size:(i + 1) * batch_size]
 
 
 def make_optimizer(model: Data2Vec, cfg) -> torch.optim.AdamW:
     """AdamW on the student (+ head/decoder); no weight decay on biases, norms, positions, embeddings."""
-    decay, no_decay = [], []
+    no_decay = {id(p) for m in model.modules() if isinstance(m, (torch.nn.Embedding, torch.nn.LayerNorm))
+                for p in m.parameters()}
+    decay_group, no_decay_group = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue  # the teacher
-        (no_decay if p.ndim < 2 or "pos" in name or "embedding" in name else decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        skip = p.ndim < 2 or id(p) in no_decay or name.endswith(("pos", "mask_embedding"))
+        (no_decay_group if skip else decay_group).append(p)
+    groups = [{"params": decay_group, "weight_decay": cfg.weight_decay},
+              {"params": no_decay_group, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
 
 
@@ -96,13 +106,14 @@ def heldout_loss(model: Data2Vec, x: torch.Tensor, seed: int = 1234, teacher=Non
     model.eval()
     device = next(model.parameters()).device
     total, n = 0.0, 0
-    for i, chunk in enumerate(x.split(batch_size)):
-        g = torch.Generator().manual_seed(seed + i)
-        torch.manual_seed(seed + i)  # the decoder's noise
-        with autocast():
-            out = model(chunk.to(device), g, teacher=teacher)
-        total += float(out.loss) * len(chunk)
-        n += len(chunk)
+    with torch.random.fork_rng(devices=[]):  # leave the caller's random state alone
+        for i, chunk in enumerate(x.split(batch_size)):
+            g = torch.Generator().manual_seed(seed + i)
+            torch.manual_seed(seed + i)  # the decoder's noise
+            with autocast():
+                out = model(chunk.to(device), g, teacher=teacher)
+            total += float(out.loss) * len(chunk)
+            n += len(chunk)
     model.train(was_training)
     return total / n
 
@@ -127,8 +138,6 @@ def pretrain(cfg: RunConfig, out_dir: str | Path, resume: bool = False, data: Pr
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path, metrics_path = out / CHECKPOINT, out / METRICS
     t = cfg.train
-    if t.threads:
-        torch.set_num_threads(t.threads)
     device = pick_device(t.device)
 
     state = None
@@ -144,14 +153,16 @@ def pretrain(cfg: RunConfig, out_dir: str | Path, resume: bool = False, data: Pr
         data.tokenizer.save(str(out / TOKENIZER))
     (out / "config.json").write_text(json.dumps({**cfg.to_dict(), "sources": data.sources}, indent=2))
 
+    torch.manual_seed(derived_seed(t.seed, 0))  # the initial weights belong to the config too
     model = build_model(cfg)
-    optimizer = make_optimizer(model, t)
     start = 0
     if state is not None:
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
         start = state["step"]
     model.to(device).train()
+    optimizer = make_optimizer(model, t)  # after .to(device): loaded Adam state follows its parameters
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
     if t.compile:
         model.student.encoder.compile()
         model.teacher.encoder.compile()
@@ -162,54 +173,72 @@ def pretrain(cfg: RunConfig, out_dir: str | Path, resume: bool = False, data: Pr
     if start >= end:
         return TrainResult(out, start, model.eval(), history)
 
+    threads = torch.get_num_threads()
+    if t.threads:
+        torch.set_num_threads(t.threads)
+    try:
+        history = _train_steps(model, optimizer, cfg, data, device, start, end, history, ckpt_path,
+                               metrics_path, progress)
+    finally:
+        torch.set_num_threads(threads)
+    return TrainResult(out, end, model.eval(), history)
+
+
+def _train_steps(model, optimizer, cfg, data, device, start, end, history, ckpt_path, metrics_path, progress):
+    t = cfg.train
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if t.precision == "bf16" \
         else contextlib.nullcontext
+    params = [p for group in optimizer.param_groups for p in group["params"]]
     bar = tqdm(range(start, end), initial=start, total=t.steps, desc=f"pretrain {cfg.modality}",
                disable=not progress, dynamic_ncols=True)
-    params = [p for group in optimizer.param_groups for p in group["params"]]
     completed, updating, tic, seen = start, False, time.perf_counter(), 0
     try:
         for step in bar:
+            done = step + 1
             lr, tau = lr_at(step, t), tau_at(step, cfg.d2v.tau0, cfg.d2v.tau_end, cfg.d2v.tau_ramp_steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             g = step_generator(t.seed, step)
-            torch.manual_seed(t.seed * 1_000_003 + step)   # dropout, drop-path, decoder noise
+            torch.manual_seed(derived_seed(t.seed, step, 3))   # dropout, drop-path, decoder noise
             x = data.train[batch_indices(step, len(data.train), t.batch_size, t.seed)]
             x = model.student.adapter.augment(x, g).to(device, non_blocking=True)
             with autocast():
                 result = model(x, g)
             loss = result.loss
             if not torch.isfinite(loss):
-                raise TrainingStopped(f"step {step + 1}: loss is {float(loss)}; stopping (the last checkpoint "
+                raise TrainingStopped(f"step {done}: loss is {loss.item()}; stopping (the last checkpoint "
                                       f"is still good). Try a lower train.lr or fp32 precision.")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, t.clip_grad)
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, t.clip_grad)
+            if not torch.isfinite(grad_norm):
+                raise TrainingStopped(f"step {done}: gradient norm is {grad_norm.item()}; stopping before "
+                                      f"the update (the last checkpoint is still good). Try a lower train.lr "
+                                      f"or fp32 precision.")
             updating = True   # student and teacher change together; an interrupt in between is not saved
             optimizer.step()
             model.update_teacher(tau)
-            updating, completed = False, step + 1
+            updating, completed = False, done
             seen += len(x)
-            done = step + 1
-            if done % t.log_every == 0 or done == end:
+            target_std = result.target_std
+            if done % t.log_every == 0 or done == t.steps:
                 now = time.perf_counter()
-                row = {"step": done, "loss": loss.item(), "target_std": result.target_std,
-                       "pred_std": result.pred_std, "tau": tau, "lr": lr,
+                row = {"step": done, "loss": loss.item(), "target_std": target_std,
+                       "pred_std": result.pred_std, "tau": tau, "lr": lr, "grad_norm": grad_norm.item(),
                        "samples_per_s": seen / (now - tic), "epoch": done * t.batch_size / len(data.train)}
-                if t.eval_every and (done % t.eval_every == 0 or done == end):
+                if t.eval_every and (done % t.eval_every == 0 or done == t.steps):
                     row["heldout_loss"] = heldout_loss(model, data.heldout, autocast=autocast)
                 history.append(row)
                 with open(metrics_path, "a") as f:
                     f.write(json.dumps(row) + "\n")
                 bar.set_postfix(loss=f"{row['loss']:.4f}", tgt_std=f"{row['target_std']:.3f}")
                 tic, seen = time.perf_counter(), 0
-                if row["target_std"] < t.min_target_std:
-                    save_checkpoint(ckpt_path, cfg, done, model, optimizer)
-                    raise TrainingStopped(
-                        f"step {done}: target std {row['target_std']:.4f} < {t.min_target_std}: the teacher "
-                        f"gives (nearly) the same target everywhere, i.e. the representation collapsed. "
-                        f"Try a higher EMA decay (d2v.tau0/tau_end), a lower train.lr or a larger mask ratio.")
+            if target_std < t.min_target_std:
+                save_checkpoint(ckpt_path, cfg, done, model, optimizer)
+                raise TrainingStopped(
+                    f"step {done}: target std {target_std:.4f} < {t.min_target_std}: the teacher gives "
+                    f"(nearly) the same target everywhere, i.e. the representation collapsed. Try a higher "
+                    f"EMA decay (d2v.tau0/tau_end), a lower train.lr or a larger mask ratio.")
             if done % t.checkpoint_every == 0 or done == end:
                 save_checkpoint(ckpt_path, cfg, done, model, optimizer)
     except KeyboardInterrupt:
@@ -218,4 +247,4 @@ def pretrain(cfg: RunConfig, out_dir: str | Path, resume: bool = False, data: Pr
             save_checkpoint(ckpt_path, cfg, completed, model, optimizer)
         raise
     bar.close()
-    return TrainResult(out, end, model.eval(), history)
+    return history

@@ -1,0 +1,49 @@
+"""Concepts shared across modalities: CIFAR-10 classes, the words that name them in stories, and
+the spoken words that name them in Speech Commands / FSDD.
+
+Used by the text "who is it about" probe (``probe.py``) and by the cross-modal pairing (``align.py``).
+"""
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+# CIFAR-10 class -> the words a children's story uses for it (singular forms)
+CONCEPT_WORDS: dict[str, tuple[str, ...]] = {
+    "airplane": ("airplane", "plane", "aeroplane"),
+    "automobile": ("car", "automobile"),
+    "bird": ("bird",),
+    "cat": ("cat", "kitten"),
+    "deer": ("deer",),
+    "dog": ("dog", "puppy"),
+    "frog": ("frog",),
+    "horse": ("horse", "pony"),
+    "ship": ("ship", "boat"),
+    "truck": ("truck",),
+}
+DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+
+def _forms(word: str) -> list[str]:
+    """The word and its regular plural (puppy -> puppies, deer stays deer)."""
+    if word == "deer":
+        return [word]
+    return [word, word[:-1] + "ies" if word.endswith("y") else word + "s"]
+
+
+@lru_cache(maxsize=None)
+def concept_pattern(concept: str) -> re.Pattern:
+    """Whole-word, case-insensitive regex for every form of every word of ``concept``."""
+    forms = sorted({f for w in CONCEPT_WORDS.get(concept, (concept,)) for f in _forms(w)}, key=len, reverse=True)
+    return re.compile(r"\b(?:" + "|".join(map(re.escape, forms)) + r")\b", re.IGNORECASE)
+
+
+def concepts_in(text: str, concepts=tuple(CONCEPT_WORDS)) -> list[str]:
+    """The concepts a text mentions (in ``concepts`` order)."""
+    return [c for c in concepts if concept_pattern(c).search(text)]
+
+
+def mask_concept(text: str, concept: str, mask_token: str = "[MASK]") -> str:
+    """Replace every mention of ``concept`` (with the space before it) by the mask token, so the model
+    sees a [MASK] token where the word's token was, as in pretraining."""
+    return re.sub(r"\s?" + concept_pattern(concept).pattern, mask_token, text, flags=re.IGNORECASE)

@@ -1,0 +1,199 @@
+"""Linear and k-NN probes: did self-supervised pretraining make the classes decodable, and how much?
+
+The encoder is frozen; features are pooled per layer (mean over tokens; text also its [CLS] token).
+Every choice (layer, pooling, regularisation C) is made on a VALIDATION split; the test split is only
+ever scored, once, with the chosen setting. Baselines go through the exact same probe:
+  random_init  the same architecture with random weights (what the architecture gives for free),
+  raw_input    the input itself (pixels / flattened log-mel / bag of BPE tokens),
+  supervised   for context: the same architecture trained end to end on the labels (``supervised.py``).
+The tasks and their splits are in ``tasks.py``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+C_GRID = (0.001, 0.01, 0.1, 1.0)
+
+
+# --- features -------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def layer_features(backbone, x: torch.Tensor, batch_size: int = 256, device="cpu") -> dict[str, np.ndarray]:
+    """Frozen features per layer: {"mean": (L+1, N, D), "cls": ...}. Layer 0 is the embedded input
+    (adapter output), layer l the output of block l. "mean" averages non-padding tokens; "cls" (text
+    only) is the [CLS] token at position 0."""
+    backbone.eval().to(device)
+    means, cls = [], []
+    for chunk in x.split(batch_size):
+        chunk = chunk.to(device)
+        pad = backbone.adapter.padding_mask(chunk)
+        tokens = backbone.adapter(chunk)
+        out = backbone.encoder(tokens, pad, return_layers=True)
+        layers = torch.stack([tokens] + out.hidden).float()                # (L+1, B, T, D)
+        keep = torch.ones(layers.shape[1:3], device=layers.device) if pad is None else (~pad).float()
+        means.append((layers * keep[None, :, :, None]).sum(2) / keep.sum(1)[None, :, None])
+        cls.append(layers[:, :, 0])
+    feats = {"mean": torch.cat(means, 1).cpu().numpy()}
+    if backbone.adapter.modality == "text":
+        feats["cls"] = torch.cat(cls, 1).cpu().numpy()
+    return feats
+
+
+# --- probes ---------------------------------------------------------------------------------------
+
+@dataclass
+class LinearFit:
+    test_acc: float
+    val_acc: float
+    C: float
+
+
+def _standardise(train: np.ndarray, *others: np.ndarray) -> list[torch.Tensor]:
+    train = torch.as_tensor(train, dtype=torch.float32)
+    mean, std = train.mean(0), train.std(0) + 1e-6
+    return [(torch.as_tensor(a, dtype=torch.float32) - mean) / std for a in (train, *others)]
+
+
+def fit_logistic(x: torch.Tensor, y: torch.Tensor, n_classes: int, C: float = 1.0, max_iter: int = 200,
+                 init: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Multinomial logistic regression with scikit-learn's objective, C * sum(cross-entropy) +
+    ||W||^2 / 2, minimised by full-batch L-BFGS in torch. It matches sklearn's LogisticRegression
+    (tested). ``init`` warm-starts from another solution (e.g. the neighbouring C of a grid)."""
+    W0, b0 = init if init is not None else (torch.zeros(x.shape[1], n_classes), torch.zeros(n_classes))
+    W, b = W0.clone().requires_grad_(True), b0.clone().requires_grad_(True)
+    opt = torch.optim.LBFGS([W, b], lr=1.0, max_iter=max_iter, history_size=20,
+                            tolerance_grad=1e-6, tolerance_change=1e-9, line_search_fn="strong_wolfe")
+    l2 = 1.0 / (C * len(x))  # sklearn's objective divided by C * N: mean cross-entropy + l2/2 ||W||^2
+    xt = x.T.contiguous()    # the gradient by hand with a contiguous X^T: autograd's X^T @ G is 4x slower here
+    onehot = torch.nn.functional.one_hot(y, n_classes).float()
+
+    def closure():
+        logits = x @ W.detach() + b.detach()
+        p = logits.softmax(dim=1)
+        loss = torch.nn.functional.cross_entropy(logits, y) + 0.5 * l2 * W.detach().pow(2).sum()
+        residual = (p - onehot) / len(x)
+        W.grad = xt @ residual + l2 * W.detach()
+        b.grad = residual.sum(0)
+        return loss
+    opt.step(closure)
+    return W.detach(), b.detach()
+
+
+def linear_probe(x_tr, y_tr, x_va, y_va, x_te, y_te, Cs=C_GRID, max_iter: int = 200) -> LinearFit:
+    """Standardise (train statistics) -> multinomial logistic regression. C is chosen by validation
+    accuracy; the chosen C is refit on train + val and scored once on test."""
+    x_tr, x_va, x_te = _standardise(x_tr, x_va, x_te)
+    y_tr, y_va, y_te = (torch.as_tensor(np.asarray(v), dtype=torch.long) for v in (y_tr, y_va, y_te))
+    n_classes = int(max(y_tr.max(), y_va.max(), y_te.max())) + 1
+
+    def accuracy(W, b, x, y):
+        return float(((x @ W + b).argmax(1) == y).float().mean())
+    val, fits, init = {}, {}, None
+    for C in sorted(Cs):  # strongest regularisation first; each fit warm-starts the next
+        fits[C] = init = fit_logistic(x_tr, y_tr, n_classes, C, max_iter, init)
+        val[C] = accuracy(*init, x_va, y_va)
+    C = max(Cs, key=lambda c: (val[c], -c))  # ties: the stronger regularisation
+    W, b = fit_logistic(torch.cat([x_tr, x_va]), torch.cat([y_tr, y_va]), n_classes, C, max_iter, fits[C])
+    return LinearFit(accuracy(W, b, x_te, y_te), val[C], C)
+
+
+def knn_accuracy(x_tr, y_tr, x_te, y_te, k: int = 20) -> float:
+    """Cosine k-nearest-neighbour classification (majority vote, ties broken by summed similarity)."""
+    if not 1 <= k <= len(x_tr):
+        raise ValueError(f"k must be in [1, {len(x_tr)}], got {k}")
+    a = torch.nn.functional.normalize(torch.as_tensor(x_tr, dtype=torch.float32), dim=1)
+    b = torch.nn.functional.normalize(torch.as_tensor(x_te, dtype=torch.float32), dim=1)
+    sim, idx = (b @ a.T).topk(k, dim=1)
+    votes = torch.zeros(len(b), int(max(y_tr.max(), y_te.max())) + 1)
+    neighbour_labels = torch.as_tensor(y_tr)[idx]
+    votes.scatter_add_(1, neighbour_labels, torch.ones_like(sim))
+    votes.scatter_add_(1, neighbour_labels, sim * 1e-3)  # tie-break by similarity
+    return float((votes.argmax(1).numpy() == y_te).mean())
+
+
+# --- a whole probe run ----------------------------------------------------------------------------
+
+def probe_features(feats: dict[str, dict[str, np.ndarray]], labels: dict[str, np.ndarray], k: int = 20) -> dict:
+    """Linear probe of every (pooling, layer); pick the pair with the best VALIDATION accuracy, report
+    its test accuracy and its k-NN accuracy (train + val as the memory). feats[split][pool] is (L+1, N, D)."""
+    rows, best = [], None
+    for pool in feats["train"]:
+        for layer in range(feats["train"][pool].shape[0]):
+            fit = linear_probe(*(v for s in ("train", "val", "test") for v in (feats[s][pool][layer], labels[s])))
+            rows.append({"pool": pool, "layer": layer, "test": fit.test_acc, "val": fit.val_acc, "C": fit.C})
+            if best is None or fit.val_acc > best["val"]:
+                best = rows[-1]
+    memory = np.concatenate([feats["train"][best["pool"]][best["layer"]], feats["val"][best["pool"]][best["layer"]]])
+    knn = knn_accuracy(memory, np.concatenate([labels["train"], labels["val"]]),
+                       feats["test"][best["pool"]][best["layer"]], labels["test"], k)
+    return {"linear": best["test"], "knn": knn, "selected": best, "rows": rows}
+
+
+def probe_raw(raw: dict[str, np.ndarray], labels: dict[str, np.ndarray], k: int = 20) -> dict:
+    feats = {s: {"raw": raw[s][None]} for s in raw}
+    return probe_features(feats, labels, k)
+
+
+def probe_model(model, data, k: int = 20, device="cpu", progress: bool = True) -> dict:
+    feats = {}
+    for split in tqdm(("train", "val", "test"), desc=f"features {data.task}", disable=not progress, leave=False):
+        feats[split] = layer_features(model.student, data.inputs[split], device=device)
+    return probe_features(feats, data.labels, k)
+
+
+def probe_tasks(modality: str, cfg, tokenizer=None, root=None, max_train: int = 0, progress: bool = True):
+    """The probe tasks of a modality, main task first."""
+    from . import tasks
+    if modality == "image":
+        return [tasks.cifar_task(root, max_train=max_train or None)]
+    if modality == "text":
+        return [tasks.concept_task(tokenizer, cfg.data.seq_len, root)]
+    return [tasks.fsdd_task(root, progress), tasks.speech_commands_task(root, progress)]
+
+
+def run_probe(run_dir, root=None, probe_cfg=None, supervised: bool = True, progress: bool = True) -> dict:
+    """Probe a pretraining run against its baselines; write probe.json and probe.png into run_dir."""
+    import json
+    from pathlib import Path
+
+    from .checkpoint import build_model, load_run
+    from .plots import plot_probe
+    from .profiles import PROBES
+    from .supervised import train_supervised
+
+    run_dir = Path(run_dir)
+    model, cfg, tok = load_run(run_dir)
+    probe_cfg = probe_cfg or PROBES[cfg.profile]
+    torch.manual_seed(cfg.train.seed)
+    random_model = build_model(cfg).eval()  # same architecture, never trained
+    results = []
+    for data in probe_tasks(cfg.modality, cfg, tok, root, probe_cfg.max_train, progress):
+        pre = probe_model(model, data, probe_cfg.knn_k, progress=progress)
+        rnd = probe_model(random_model, data, probe_cfg.knn_k, progress=progress)
+        raw = probe_raw(data.raw, data.labels, probe_cfg.knn_k)
+        epochs = probe_cfg.supervised_epochs.get(cfg.modality, 0) if supervised else 0
+        sup = train_supervised(cfg, data, epochs, progress=progress) if epochs else None
+        pool = pre["selected"]["pool"]
+        per_layer = [{"layer": r["layer"], "pretrained": r["test"], "pretrained_val": r["val"],
+                      "random_init": q["test"], "random_init_val": q["val"]}
+                     for r, q in zip(pre["rows"], rnd["rows"]) if r["pool"] == pool and q["pool"] == pool]
+        results.append({
+            "modality": cfg.modality, "task": data.task, "checkpoint": str(run_dir),
+            "n_train": data.n("train") + data.n("val"), "n_val": data.n("val"), "n_test": data.n("test"),
+            "chance": 1.0 / len(data.classes),
+            "majority": float(np.bincount(data.labels["test"]).max() / data.n("test")),
+            "classes": list(data.classes),
+            "linear": {"pretrained": pre["linear"], "random_init": rnd["linear"], "raw_input": raw["linear"]},
+            "knn": {"pretrained": pre["knn"], "random_init": rnd["knn"], "raw_input": raw["knn"], "k": probe_cfg.knn_k},
+            "supervised": sup,
+            "selected": {"pretrained": pre["selected"], "random_init": rnd["selected"]},
+            "per_layer": per_layer, "pool": pool, "note": data.note, "counts": data.counts,
+        })
+    out = {**results[0], "extra_tasks": results[1:]}
+    (run_dir / "probe.json").write_text(json.dumps(out, indent=2))
+    plot_probe(out, run_dir / "probe.png")
+    return out

@@ -1,0 +1,141 @@
+"""Probe tasks: labelled model inputs per split, plus the raw-input baseline features.
+
+Every task has train / val / test splits; the test split is scored, never fitted or tuned on.
+  cifar10               CIFAR-10, 10 classes: train split minus a stratified validation tenth; test_batch.
+  fsdd_digits           FSDD spoken digits, 10 classes: test = the held-out speaker (also unseen in
+                        pretraining), val = another speaker, train = the rest.
+  speechcommands_words  Speech Commands' official lists; with ~6 clips per word it is reported, but it
+                        is not a benchmark.
+  tinystories_concepts  "Who is it about": stories that mention exactly one concept, every mention
+                        replaced by [MASK]; the label is the concept.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from sklearn.model_selection import train_test_split
+from tokenizers import Tokenizer
+
+from .concepts import CONCEPT_WORDS, concepts_in, mask_concept
+from .data import load_cifar10, load_fsdd, load_speech_commands, load_stories
+from .data.tokenizer import CLS_ID, MASK_ID, PAD_ID, SPECIAL_TOKENS
+from .inputs import audio_inputs
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class ProbeData:
+    """One probe task: model inputs, labels and raw-input baseline features per split."""
+    task: str
+    modality: str
+    classes: tuple[str, ...]
+    inputs: dict[str, torch.Tensor]
+    labels: dict[str, np.ndarray]
+    raw: dict[str, np.ndarray]
+    note: str = ""
+    counts: dict = field(default_factory=dict)
+
+    def n(self, split: str) -> int:
+        return len(self.labels[split])
+
+
+def _stratified_split(n: int, labels: np.ndarray, fraction: float, seed: int):
+    idx = np.arange(n)
+    return train_test_split(idx, test_size=fraction, random_state=seed, stratify=labels)
+
+
+def cifar_task(root=None, val_fraction: float = 0.1, seed: int = 0, max_train: int | None = None) -> ProbeData:
+    train, test = load_cifar10("train", root), load_cifar10("test", root)
+    images, labels = train.images, train.labels
+    if max_train:
+        keep, _ = _stratified_split(len(labels), labels, 1 - max_train / len(labels), seed) \
+            if max_train < len(labels) else (np.arange(len(labels)), None)
+        images, labels = images[np.sort(keep)], labels[np.sort(keep)]
+    tr, va = _stratified_split(len(labels), labels, val_fraction, seed)
+    x = {"train": images[tr], "val": images[va], "test": test.images}
+    y = {"train": labels[tr], "val": labels[va], "test": test.labels}
+    return ProbeData("cifar10", "image", train.classes, {k: torch.from_numpy(v) for k, v in x.items()}, y,
+                     {k: v.reshape(len(v), -1).astype(np.float32) / 255.0 for k, v in x.items()})
+
+
+def _audio_task(task: str, parts: dict, classes, note: str, progress: bool) -> ProbeData:
+    inputs = {k: audio_inputs(c, progress) for k, c in parts.items()}
+    return ProbeData(task, "audio", tuple(classes), inputs, {k: c.labels for k, c in parts.items()},
+                     {k: v.flatten(1).numpy() for k, v in inputs.items()}, note,
+                     {k: sorted(set(c.speakers)) for k, c in parts.items()})
+
+
+def fsdd_task(root=None, progress: bool = True) -> ProbeData:
+    """Speaker-disjoint splits: test = the held-out speaker (as in pretraining), validation = the last
+    of the remaining speakers, train = the others."""
+    train_all = load_fsdd("train", root)
+    speakers = sorted(set(train_all.speakers))
+    if len(speakers) < 2:
+        raise ValueError(f"FSDD needs >= 3 speakers for train/val/test probes, found {speakers} + test")
+    val_speaker = speakers[-1]
+    is_val = np.array([s == val_speaker for s in train_all.speakers])
+    parts = {"train": train_all.subset(np.flatnonzero(~is_val)), "val": train_all.subset(np.flatnonzero(is_val)),
+             "test": load_fsdd("test", root)}
+    return _audio_task("fsdd_digits", parts, train_all.classes, "test speaker unseen in pretraining and probing",
+                       progress)
+
+
+def speech_commands_task(root=None, progress: bool = True) -> ProbeData:
+    parts = {"train": load_speech_commands("training", root), "val": load_speech_commands("validation", root),
+             "test": load_speech_commands("testing", root)}
+    n = len(parts["train"]) / max(1, len(parts["train"].classes))
+    return _audio_task("speechcommands_words", parts, parts["train"].classes,
+                       f"only {n:.1f} training clips per word: far too few to be a benchmark", progress)
+
+
+def concept_windows(stories: list[str], tok: Tokenizer, seq_len: int, concepts=tuple(CONCEPT_WORDS)):
+    """Stories that mention exactly one concept, every mention replaced by [MASK], as (ids, labels).
+    Long stories are cut to a window of ``seq_len`` that starts a little before the first mention."""
+    rows, labels = [], []
+    for story in stories:
+        found = concepts_in(story, concepts)
+        if len(found) != 1:
+            continue
+        ids = tok.encode(mask_concept(story, found[0]), add_special_tokens=False).ids
+        first = ids.index(MASK_ID) if MASK_ID in ids else 0
+        body = seq_len - 1
+        start = max(0, min(first - body // 4, len(ids) - body))
+        window = [CLS_ID] + ids[start:start + body]
+        rows.append(window + [PAD_ID] * (seq_len - len(window)))
+        labels.append(concepts.index(found[0]))
+    return torch.tensor(rows, dtype=torch.long).view(-1, seq_len), np.array(labels, dtype=np.int64)
+
+
+def _bag_of_tokens(ids: torch.Tensor, vocab_size: int) -> np.ndarray:
+    bag = torch.zeros(len(ids), vocab_size)
+    bag.scatter_add_(1, ids, torch.ones_like(ids, dtype=torch.float))
+    bag[:, : len(SPECIAL_TOKENS)] = 0  # [PAD], [CLS], [MASK]... say nothing about the concept
+    return bag.numpy()
+
+
+def concept_task(tok: Tokenizer, seq_len: int, root=None, seed: int = 0, min_train: int = 8,
+                 val_fraction: float = 0.2) -> ProbeData:
+    """Train/val from the training stories, test from the held-out ("valid") stories. Concepts with
+    fewer than ``min_train`` training stories or no test story are dropped (reported in ``counts``)."""
+    x_tr, y_tr = concept_windows(load_stories("train", root), tok, seq_len)
+    x_te, y_te = concept_windows(load_stories("valid", root), tok, seq_len)
+    names = list(CONCEPT_WORDS)
+    counts = {c: [int((y_tr == i).sum()), int((y_te == i).sum())] for i, c in enumerate(names)}
+    kept = [i for i, c in enumerate(names) if counts[c][0] >= min_train and counts[c][1] >= 1]
+    if len(kept) < 2:
+        raise ValueError(f"too few stories per concept for a probe: {counts}")
+    remap = {old: new for new, old in enumerate(kept)}
+    sel_tr, sel_te = np.isin(y_tr, kept), np.isin(y_te, kept)
+    x_tr, y_tr = x_tr[sel_tr], np.array([remap[v] for v in y_tr[sel_tr]])
+    x_te, y_te = x_te[sel_te], np.array([remap[v] for v in y_te[sel_te]])
+    tr, va = _stratified_split(len(y_tr), y_tr, val_fraction, seed)
+    x = {"train": x_tr[tr], "val": x_tr[va], "test": x_te}
+    y = {"train": y_tr[tr], "val": y_tr[va], "test": y_te}
+    vocab = tok.get_vocab_size()
+    return ProbeData("tinystories_concepts", "text", tuple(names[i] for i in kept), x, y,
+                     {k: _bag_of_tokens(v, vocab) for k, v in x.items()},
+                     "stories naming exactly one concept; every mention replaced by [MASK]",
+                     {"train_test_stories_per_concept": counts})
