@@ -31,13 +31,13 @@ class CheckpointError(Exception):
 
 
 def build_model(cfg: RunConfig) -> Data2Vec:
-    dim = cfg.encoder.dim
+    dim, cls = cfg.encoder.dim, cfg.d2v.cls_loss > 0
     if cfg.modality == "image":
-        adapter = ImageAdapter(dim, cfg.mask)
-    elif cfg.modality == "text":
+        adapter = ImageAdapter(dim, cfg.mask, cls_token=cls)
+    elif cfg.modality == "text":  # text always starts with its [CLS] input token
         adapter = TextAdapter(dim, cfg.mask, cfg.data.vocab_size, cfg.data.seq_len)
     else:
-        adapter = AudioAdapter(dim, cfg.mask)
+        adapter = AudioAdapter(dim, cfg.mask, cls_token=cls)
     return Data2Vec(adapter, Encoder(cfg.encoder), cfg.d2v)
 
 

@@ -58,6 +58,8 @@ class Data2VecConfig:
     decoder_layers: int = 2
     decoder_kernel: int = 3
     mask_noise_std: float = 0.01     # 2.0: masked slots enter the decoder as this much Gaussian noise
+    cls_loss: float = 0.0            # 2.0: weight of the [CLS] token's global target (mean of the targets);
+                                     # > 0 also gives image/audio adapters a [CLS] token
     tau0: float = 0.999              # EMA decay: tau0 -> tau_end over tau_ramp_steps updates
     tau_end: float = 0.9999
     tau_ramp_steps: int = 1000
@@ -73,10 +75,11 @@ class Data2VecConfig:
 
 @dataclass
 class Data2VecOutput:
-    loss: torch.Tensor          # scalar
+    loss: torch.Tensor          # scalar: regression loss (+ cls_loss * global loss)
     pred: torch.Tensor          # (n_masked, D) predictions at the masked positions
     target: torch.Tensor        # (n_masked, D) the teacher's targets there
     mask: torch.Tensor          # (B * M, T) the masks used
+    cls_loss: torch.Tensor | None = None  # the [CLS] token's global-target loss, when trained
 
     @property
     def target_std(self) -> float:
@@ -136,6 +139,10 @@ class Data2Vec(nn.Module):
         self.student = Backbone(adapter, encoder)
         self.teacher = make_teacher(self.student)
         D = encoder.cfg.dim
+        if cfg.cls_loss > 0:
+            if adapter.prefix == 0:
+                raise ValueError("cls_loss > 0 needs an adapter with a [CLS] token (cls_token=True)")
+            self.cls_head = nn.Linear(D, D)
         if cfg.version == 1:
             self.head = nn.Linear(D, D) if cfg.head_layers == 1 else \
                 nn.Sequential(nn.Linear(D, 2 * D), nn.GELU(), nn.Linear(2 * D, D))
@@ -150,9 +157,12 @@ class Data2Vec(nn.Module):
 
     @torch.no_grad()
     def targets(self, x: torch.Tensor, teacher: nn.Module | None = None) -> torch.Tensor:
-        """(B, T, D) fp32 targets for the UNMASKED input x (Eq. 1 of data2vec 1.0)."""
+        """(B, T - prefix, D) fp32 targets for the UNMASKED input x (Eq. 1 of data2vec 1.0), for every
+        token but the never-masked prefix ([CLS]), which is left out of the normalisation too."""
         out = (teacher or self.teacher)(x, return_layers=True)
-        return build_targets(out.ffn, self.cfg.top_k, self.cfg.target_layer_norm, self.cfg.target_final_norm)
+        P = self.student.adapter.prefix
+        return build_targets([a[:, P:] for a in out.ffn], self.cfg.top_k, self.cfg.target_layer_norm,
+                             self.cfg.target_final_norm)
 
     def forward(self, x: torch.Tensor, generator=None, mask: torch.Tensor | None = None,
                 teacher: nn.Module | None = None) -> Data2VecOutput:
@@ -166,21 +176,29 @@ class Data2Vec(nn.Module):
         if mask is None:
             mask = adapter.sample_mask(x.shape[0], generator)
         mask = mask.to(x.device)
+        P = adapter.prefix
+        body = mask[:, P:]                                               # the maskable tokens
         if self.cfg.version == 1:
             h = self.student(x, mask, generator).x                       # every token, masked ones replaced
-            pred = self.head(h[mask])
+            pred = self.head(h[:, P:][body])
         else:
-            pred = self.decoder(self._encode_visible(x, mask))[mask]
-        target = y[mask]
+            h = self._encode_visible(x, mask)
+            pred = self.decoder(h[:, P:])[body]
+        target = y[body]
         pred = pred.float()
         if self.cfg.loss == "l2":
             loss = F.mse_loss(pred, target)
         else:
             loss = F.smooth_l1_loss(pred, target, beta=self.cfg.loss_beta)
-        return Data2VecOutput(loss, pred, target, mask)
+        cls_loss = None
+        if self.cfg.cls_loss > 0:  # data2vec 2.0: [CLS] regresses the mean target of its input
+            cls_loss = F.mse_loss(self.cls_head(h[:, 0]).float(), y.mean(dim=1))
+            loss = loss + self.cfg.cls_loss * cls_loss
+        return Data2VecOutput(loss, pred, target, mask, cls_loss)
 
     def _encode_visible(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """data2vec 2.0: encode only visible tokens, then scatter them back; masked slots get noise."""
+        """data2vec 2.0: encode only visible tokens (prefix included), then scatter them back; masked
+        slots get noise. Returns (B, T, D)."""
         tokens = self.student.adapter(x)                                  # (B, T, D) with positions
         B, T, D = tokens.shape
         n_visible = int((~mask[0]).sum())

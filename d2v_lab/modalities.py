@@ -40,17 +40,25 @@ def sincos_2d(h: int, w: int, dim: int) -> torch.Tensor:
 
 
 class Adapter(nn.Module):
-    """Base: raw batch -> (B, T, D) tokens with positions. Subclasses define ``embed`` and the layout."""
-    modality: str
-    num_tokens: int
-    grid: tuple[int, int] | None = None   # 2-D token layout: block masks and the 2-D decoder use it
-    prefix: int = 0                       # leading tokens that are never masked
+    """Base: raw batch -> (B, T, D) tokens with positions. Subclasses define ``embed`` and the layout.
 
-    def __init__(self, dim: int, mask: MaskConfig):
+    ``cls_token=True`` prepends one learned summary token (data2vec 2.0 images): it is never masked,
+    and ``Data2Vec`` trains it to predict the mean of the targets, a global target for the whole input.
+    """
+    modality: str
+    num_tokens: int                       # all tokens, prefix included
+    grid: tuple[int, int] | None = None   # 2-D layout of the non-prefix tokens (block masks, 2-D decoder)
+    prefix: int = 0                       # leading tokens that are never masked ([CLS])
+
+    def __init__(self, dim: int, mask: MaskConfig, cls_token: bool = False):
         super().__init__()
         self.dim, self.mask_cfg = dim, mask
         self.mask_embedding = nn.Parameter(torch.zeros(dim))  # data2vec 1.0: what a masked slot shows
         nn.init.trunc_normal_(self.mask_embedding, std=0.02)
+        self.cls = nn.Parameter(torch.zeros(1, 1, dim)) if cls_token else None
+        if cls_token:
+            nn.init.trunc_normal_(self.cls, std=0.02)
+            self.prefix = 1
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """(B, ...) raw input -> (B, T, D) content tokens, without positions."""
@@ -64,8 +72,12 @@ class Adapter(nn.Module):
         mask embedding instead of their content; their position is kept."""
         tokens = self.embed(x)
         if mask is not None:
-            tokens = torch.where(mask[..., None], self.mask_embedding.to(tokens.dtype), tokens)
-        return tokens + self.positions().to(tokens.dtype)
+            m = mask[:, self.prefix:, None]
+            tokens = torch.where(m, self.mask_embedding.to(tokens.dtype), tokens)
+        tokens = tokens + self.positions().to(tokens.dtype)
+        if self.cls is not None:
+            tokens = torch.cat([self.cls.to(tokens.dtype).expand(len(tokens), -1, -1), tokens], dim=1)
+        return tokens
 
     def sample_mask(self, batch: int, generator=None) -> torch.Tensor:
         return sample_mask(self.mask_cfg, batch, self.num_tokens, self.grid, self.prefix, generator)
@@ -82,12 +94,12 @@ class Adapter(nn.Module):
 class ImageAdapter(Adapter):
     modality = "image"
 
-    def __init__(self, dim: int, mask: MaskConfig, image_size: int = 32, patch: int = 4):
-        super().__init__(dim, mask)
+    def __init__(self, dim: int, mask: MaskConfig, cls_token: bool = False, image_size: int = 32, patch: int = 4):
+        super().__init__(dim, mask, cls_token)
         if image_size % patch:
             raise ValueError(f"patch {patch} does not tile image size {image_size}")
         side = image_size // patch
-        self.grid, self.num_tokens, self.patch = (side, side), side * side, patch
+        self.grid, self.num_tokens, self.patch = (side, side), self.prefix + side * side, patch
         self.proj = nn.Conv2d(3, dim, kernel_size=patch, stride=patch)
         self.register_buffer("pos", sincos_2d(side, side, dim), persistent=False)
         self.register_buffer("mean", torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1), persistent=False)
@@ -118,7 +130,7 @@ class TextAdapter(Adapter):
     prefix = 1  # [CLS]
 
     def __init__(self, dim: int, mask: MaskConfig, vocab_size: int, seq_len: int):
-        super().__init__(dim, mask)
+        super().__init__(dim, mask)  # [CLS] is the first input id: no extra token
         self.num_tokens, self.vocab_size = seq_len, vocab_size
         self.tok = nn.Embedding(vocab_size, dim, padding_idx=PAD_ID)
         self.pos = nn.Parameter(torch.zeros(seq_len, dim))
@@ -147,14 +159,15 @@ class AudioAdapter(Adapter):
     frames), which removes recording gain; then every ``patch`` frames (64 mels each) become one token."""
     modality = "audio"
 
-    def __init__(self, dim: int, mask: MaskConfig, n_mels: int = 64, n_frames: int = 100, patch: int = 2):
-        super().__init__(dim, mask)
+    def __init__(self, dim: int, mask: MaskConfig, cls_token: bool = False, n_mels: int = 64, n_frames: int = 100,
+                 patch: int = 2):
+        super().__init__(dim, mask, cls_token)
         if n_frames % patch:
             raise ValueError(f"patch {patch} does not tile {n_frames} frames")
-        self.num_tokens, self.patch = n_frames // patch, patch
+        self.num_tokens, self.patch = self.prefix + n_frames // patch, patch
         self.proj = nn.Linear(n_mels * patch, dim)
         self.norm = nn.LayerNorm(dim)
-        self.register_buffer("pos", sincos_1d(self.num_tokens, dim), persistent=False)
+        self.register_buffer("pos", sincos_1d(n_frames // patch, dim), persistent=False)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, n_mels, n_frames) log-mel."""

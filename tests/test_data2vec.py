@@ -26,12 +26,14 @@ def one_thread():
 
 def make(modality: str, version: int, num_masks: int = 1, seed: int = 0, **kw) -> Data2Vec:
     torch.manual_seed(seed)
+    cls = kw.get("cls_loss", 0) > 0
     if modality == "image":
-        adapter = ImageAdapter(32, MaskConfig("block", 0.6) if version == 1 else MaskConfig("inverse_block", 0.8))
+        adapter = ImageAdapter(32, MaskConfig("block", 0.6) if version == 1 else MaskConfig("inverse_block", 0.8),
+                               cls_token=cls)
     elif modality == "text":
         adapter = TextAdapter(32, MaskConfig("random", 0.15 if version == 1 else 0.48), vocab_size=50, seq_len=16)
     else:
-        adapter = AudioAdapter(32, MaskConfig("span", 0.5, span=5))
+        adapter = AudioAdapter(32, MaskConfig("span", 0.5, span=5), cls_token=cls)
     cfg = Data2VecConfig(version=version, top_k=2, num_masks=num_masks, decoder_dim=32,
                          head_layers=2 if modality == "text" else 1, **kw)
     model = Data2Vec(adapter, Encoder(EncoderConfig(32, 2, 2)), cfg)
@@ -79,7 +81,8 @@ ALL = [(m, v) for m in ("image", "text", "audio") for v in (1, 2)]
 def _spoil_unmasked(model, mask, value):
     """Hook that overwrites the student's per-position predictions at UNMASKED positions."""
     def spoil(full):
-        return torch.where(mask[..., None], full, torch.full_like(full, value))
+        m = mask[:, mask.shape[1] - full.shape[1]:]   # the decoder sees the tokens after the [CLS] prefix
+        return torch.where(m[..., None], full, torch.full_like(full, value))
     if model.cfg.version == 2:
         return model.decoder.register_forward_hook(lambda m, i, o: spoil(o))
     # 1.0: the head maps each position on its own, so spoil the encoder output it reads
@@ -109,13 +112,16 @@ def test_loss_is_the_mean_over_masked_positions_of_full_grid_error(modality, ver
     targets, using only the mask: pred/target rows are those at masked positions, in order."""
     model, x = make(modality, version), inputs(modality)
     mask = model.student.adapter.sample_mask(B, gen(1))
+    P = model.student.adapter.prefix                      # [CLS] is never masked and has no target
     seen = {}
     if version == 2:
         h = model.decoder.register_forward_hook(lambda m, i, o: seen.update(full=o.detach()))
     else:
-        h = model.student.encoder.register_forward_hook(lambda m, i, o: seen.update(full=model.head(o.x).detach()))
+        h = model.student.encoder.register_forward_hook(
+            lambda m, i, o: seen.update(full=model.head(o.x[:, P:]).detach()))
     out = run(model, x, mask)
     h.remove()
+    mask = mask[:, P:]
     full, y = seen["full"], model.targets(x)
     assert full.shape == y.shape == (*mask.shape, 32)
     torch.testing.assert_close(out.pred, full[mask])
@@ -171,7 +177,8 @@ def test_teacher_sees_unmasked_input_and_student_sees_the_mask(modality, version
     assert both.sum() >= B and not torch.equal(m1, m2)
     o1, o2 = run(model, x, m1), run(model, x, m2)
     y = model.targets(x)                                          # the teacher on the unmasked input
-    assert torch.equal(o1.target, y[m1]) and torch.equal(o2.target, y[m2])
+    P = ad.prefix
+    assert torch.equal(o1.target, y[m1[:, P:]]) and torch.equal(o2.target, y[m2[:, P:]])
     assert torch.equal(scatter(o1.target, m1)[both], scatter(o2.target, m2)[both])
     # the student's prediction at a position masked in both runs depends on what else was hidden
     p1, p2 = scatter(o1.pred, m1)[both], scatter(o2.pred, m2)[both]
@@ -213,10 +220,12 @@ def test_version_2_student_encodes_only_the_visible_tokens(modality):
     assert len(seen) == 1 and seen[0].shape == (B, T - k, 32)
     tokens = model.student.adapter(x)
     assert torch.equal(seen[0], tokens[~mask].view(B, T - k, 32))      # the visible ones, in order
-    # the decoder gets encoded visible tokens in place and small noise in the masked slots
-    enc = model.student.encoder(seen[0]).x
-    assert torch.equal(dec_in[0][~mask], enc.reshape(-1, 32))
-    noise = dec_in[0][mask]
+    # the decoder gets the encoded visible tokens in place (after the [CLS] prefix) and small noise
+    # in the masked slots
+    P = model.student.adapter.prefix
+    enc = model.student.encoder(seen[0]).x[:, P:]
+    assert torch.equal(dec_in[0][~mask[:, P:]], enc.reshape(-1, 32))
+    noise = dec_in[0][mask[:, P:]]
     assert noise.std().item() == pytest.approx(0.01, rel=0.15) and noise.mean().abs() < 0.002
 
 
@@ -269,7 +278,7 @@ def test_multi_mask_one_teacher_pass_targets_repeated_per_copy(modality, version
     y = model.targets(x)
     rows = torch.arange(B * M)
     sample = rows // M                                         # row r is a masked copy of sample r // M
-    assert torch.equal(out.target, y[sample][out.mask])
+    assert torch.equal(out.target, y[sample][out.mask[:, model.student.adapter.prefix:]])
     for b in range(B):                                         # the copies of one sample differ
         copies = out.mask[b * M:(b + 1) * M]
         assert not torch.equal(copies[0], copies[1]) and not torch.equal(copies[1], copies[2])
@@ -296,3 +305,40 @@ def test_target_std_is_per_channel_std_over_masked_positions():
     assert out.target_std == pytest.approx(float(manual), rel=1e-5)
     out.target = torch.ones_like(t) * 3.0                     # every position the same target: collapse
     assert out.target_std == 0.0
+
+
+# --- the [CLS] token's global target (data2vec 2.0) ----------------------------------------------------
+
+@pytest.mark.parametrize("modality,version", [("image", 1), ("image", 2), ("audio", 2), ("text", 2)])
+def test_cls_token_regresses_the_mean_target_and_is_never_masked(modality, version):
+    model, x = make(modality, version, cls_loss=0.5), inputs(modality)
+    ad = model.student.adapter
+    assert ad.prefix == 1
+    plain = {"image": 64, "audio": 50, "text": 15}[modality]        # maskable tokens
+    assert ad.num_tokens == plain + 1 and model.targets(x).shape == (B, plain, 32)
+    mask = ad.sample_mask(B, gen(1))
+    assert not mask[:, 0].any()
+    # targets leave the [CLS] position out (also of the normalisation)
+    P = ad.prefix
+    with torch.no_grad():
+        ffn = model.teacher(x, return_layers=True).ffn
+    from d2v_lab.targets import build_targets
+    cfg = model.cfg
+    assert torch.equal(model.targets(x), build_targets([a[:, P:] for a in ffn], cfg.top_k,
+                                                       cfg.target_layer_norm, cfg.target_final_norm))
+    # the loss = regression + cls_loss * MSE(cls_head(student output at [CLS]), mean target)
+    seen = {}
+    handle = model.cls_head.register_forward_hook(lambda m, i, o: seen.update(out=o.detach()))
+    out = run(model, x, mask)
+    handle.remove()
+    expected_cls = ((seen["out"] - model.targets(x).mean(1)) ** 2).mean()
+    torch.testing.assert_close(out.cls_loss, expected_cls)
+    regression = ((out.pred - out.target) ** 2).mean() if model.cfg.loss == "l2" else None
+    if regression is not None:
+        torch.testing.assert_close(out.loss, regression + 0.5 * expected_cls)
+
+
+def test_cls_loss_needs_a_cls_token():
+    adapter = ImageAdapter(32, MaskConfig("inverse_block", 0.8), cls_token=False)
+    with pytest.raises(ValueError, match="CLS"):
+        Data2Vec(adapter, Encoder(EncoderConfig(32, 2, 2)), Data2VecConfig(top_k=2, cls_loss=1.0, decoder_dim=32))
