@@ -9,9 +9,9 @@ system. This module holds the numbers behind that argument:
   mutual kNN alignment, unbiased linear CKA, cross-modal retrieval, RSA;
 * their nulls: analytic chance levels, a permutation null over the pairing and
   a random-rotation null over one side's coordinates;
-* positive controls that show what it takes to align two spaces once you are
-  given paired data: orthogonal Procrustes and a small CLIP-style association
-  network trained with symmetric InfoNCE.
+* the positive controls (what it takes to align two spaces given paired data:
+  orthogonal Procrustes, a CLIP-style association network) are in
+  ``associate.py``.
 
 Everything takes numpy arrays or torch tensors and returns Python floats,
 numpy arrays or small dataclasses.
@@ -24,8 +24,6 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 from scipy.stats import spearmanr
 
 ArrayLike = Any  # np.ndarray | torch.Tensor | nested lists
@@ -40,13 +38,6 @@ __all__ = [
     "NullBand",
     "permutation_null",
     "rotation_null",
-    "ProcrustesMap",
-    "procrustes_fit",
-    "procrustes_control",
-    "symmetric_info_nce",
-    "AssociationHeads",
-    "train_association_heads",
-    "association_control",
     "concept_similarity_matrix",
     "rsa",
 ]
@@ -166,6 +157,40 @@ def mutual_knn_alignment(a: ArrayLike, b: ArrayLike, k: int = 10, clip_quantile:
     # |N_A(i) & N_B(i)|: neighbour lists hold distinct indices, so counting equal pairs counts the overlap
     overlap = (knn_a[:, :, None] == knn_b[:, None, :]).sum(axis=(1, 2))
     return float(np.mean(overlap / k))
+
+
+def mutual_knn_layers(layers_a: ArrayLike, layers_b: ArrayLike, k: int = 10, n_shuffles: int = 200,
+                      seed: int = 0, clip_quantile: float | None = 0.95) -> tuple[np.ndarray, NullBand]:
+    """Mutual kNN for every layer pair of two models, and a permutation null for the BEST pair.
+
+    ``layers_a``: La arrays (N, Da), ``layers_b``: Lb arrays (N, Db), rows paired. Returns the (La, Lb) score
+    matrix and a NullBand whose observed value is its maximum and whose null distribution is the
+    maximum over all layer pairs after each shuffle of the pairing. Taking the best of La * Lb pairs
+    inflates the score; the null takes the same maximum, so the comparison stays fair (Huh et al.
+    report the best layer pair). Neighbour lists are computed once per layer: a shuffle only
+    relabels b's lists, which keeps 200 shuffles cheap.
+    """
+    knn_a = [_knn_indices(_clip_outliers(_as_numpy(x, "a"), clip_quantile), k) for x in layers_a]
+    knn_b = [_knn_indices(_clip_outliers(_as_numpy(x, "b"), clip_quantile), k) for x in layers_b]
+    n = knn_a[0].shape[0]
+    if knn_b[0].shape[0] != n:
+        raise ValueError(f"rows differ: {n} vs {knn_b[0].shape[0]}")
+
+    def scores(perm: np.ndarray | None) -> np.ndarray:
+        out = np.empty((len(knn_a), len(knn_b)))
+        for j, kb in enumerate(knn_b):
+            if perm is not None:  # row i of b is now old row perm[i]; relabel neighbours to new indices
+                inverse = np.empty(n, dtype=np.int64)
+                inverse[perm] = np.arange(n)
+                kb = inverse[kb[perm]]
+            for i, ka in enumerate(knn_a):
+                out[i, j] = np.mean((ka[:, :, None] == kb[:, None, :]).sum(axis=(1, 2)) / k)
+        return out
+
+    observed = scores(None)
+    rng = np.random.default_rng(seed)
+    null = np.array([scores(rng.permutation(n)).max() for _ in range(n_shuffles)])
+    return observed, _band(float(observed.max()), null)
 
 
 def mutual_knn_chance(n: int, k: int) -> float:
@@ -446,295 +471,6 @@ def _band(observed: float, null: np.ndarray) -> NullBand:
         p_value=float((1 + np.sum(null >= observed)) / (1 + len(null))),
         n_shuffles=len(null),
     )
-
-
-# -----------------------------------------------------------------------------
-# positive control 1: orthogonal Procrustes (Schonemann 1966)
-
-
-@dataclass(frozen=True)
-class ProcrustesMap:
-    """x -> (x - mean_a) @ rotation + mean_b: the fitted rigid map from space A to space B."""
-
-    rotation: np.ndarray
-    mean_a: np.ndarray
-    mean_b: np.ndarray
-
-    def transform(self, x: ArrayLike) -> np.ndarray:
-        x = _as_numpy(x, "x")
-        if x.shape[1] != self.rotation.shape[0]:
-            raise ValueError(f"x has width {x.shape[1]}, the map expects {self.rotation.shape[0]}")
-        return (x - self.mean_a) @ self.rotation + self.mean_b
-
-
-def procrustes_fit(a: ArrayLike, b: ArrayLike) -> ProcrustesMap:
-    """Orthogonal R minimising ||(a - mean_a) R - (b - mean_b)||_F over rotations/reflections.
-
-    Schonemann 1966, "A generalized solution of the orthogonal Procrustes
-    problem": with U S V^T the SVD of a_c^T b_c, the minimiser is R = U V^T.
-    It needs paired rows, which is the point: if data2vec's spaces differed
-    only by a rotation, a handful of pairs would be enough to line them up.
-    """
-    a, b = _as_numpy(a, "a"), _as_numpy(b, "b")
-    _check_paired(a, b)
-    _check_same_width(a, b)
-    mean_a, mean_b = a.mean(axis=0), b.mean(axis=0)
-    u, _, vt = np.linalg.svd((a - mean_a).T @ (b - mean_b))
-    return ProcrustesMap(rotation=u @ vt, mean_a=mean_a, mean_b=mean_b)
-
-
-def _stratified_split(labels: np.ndarray, train_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Split row indices into (fit, eval) so that every label appears on both sides."""
-    if not 0.0 < train_fraction < 1.0:
-        raise ValueError(f"train_fraction must be in (0, 1), got {train_fraction}")
-    rng = np.random.default_rng(seed)
-    fit, held = [], []
-    for c in np.unique(labels):
-        idx = rng.permutation(np.flatnonzero(labels == c))
-        if len(idx) < 2:
-            raise ValueError(f"concept {c!r} has {len(idx)} pair(s); need at least 2 to split into fit/eval")
-        n_fit = min(max(int(round(train_fraction * len(idx))), 1), len(idx) - 1)
-        fit.append(idx[:n_fit])
-        held.append(idx[n_fit:])
-    return np.sort(np.concatenate(fit)), np.sort(np.concatenate(held))
-
-
-def procrustes_control(
-    a: ArrayLike, b: ArrayLike, labels: ArrayLike, train_fraction: float = 0.5, seed: int = 0
-) -> dict[str, float]:
-    """How much of the gap between two same-width spaces a single rotation closes, on held-out pairs.
-
-    Pairs are split per concept into a fit part (``train_fraction``) and an
-    evaluation part. Both halves are centred with the fit part's per-modality
-    means (within-modality preprocessing, no cross-modal information); the
-    rotation is fitted on the fit pairs only. Returned keys (floats):
-
-    - ``retrieval_before`` / ``retrieval_after``: symmetric cross-modal
-      retrieval on the evaluation pairs, in raw shared coordinates vs. after
-      rotating a onto b;
-    - ``pair_cosine_before`` / ``pair_cosine_after``: mean cosine of the
-      true evaluation pairs, before vs. after;
-    - ``chance``: ``retrieval_chance`` of the evaluation labels;
-    - ``n_fit`` / ``n_eval``: pair counts.
-
-    Spaces of different widths: bring both to one width with ``to_common_dim``
-    first (Procrustes then also has to undo the arbitrary PCA axes, which is
-    what it is for).
-    """
-    a, b = _as_numpy(a, "a"), _as_numpy(b, "b")
-    _check_paired(a, b)
-    _check_same_width(a, b)
-    y = _as_labels(labels, a.shape[0])
-    fit, held = _stratified_split(y, train_fraction, seed)
-    m = procrustes_fit(a[fit], b[fit])
-    a_eval, b_eval = a[held] - m.mean_a, b[held] - m.mean_b
-    a_mapped = a_eval @ m.rotation
-    return {
-        "retrieval_before": cross_modal_retrieval(a_eval, b_eval, y[held], y[held]),
-        "retrieval_after": cross_modal_retrieval(a_mapped, b_eval, y[held], y[held]),
-        "pair_cosine_before": _pair_cosine(a_eval, b_eval),
-        "pair_cosine_after": _pair_cosine(a_mapped, b_eval),
-        "chance": retrieval_chance(y[held], y[held]),
-        "n_fit": float(len(fit)),
-        "n_eval": float(len(held)),
-    }
-
-
-# -----------------------------------------------------------------------------
-# positive control 2: a CLIP-style association network over frozen features
-
-
-def symmetric_info_nce(
-    za: torch.Tensor, zb: torch.Tensor, temperature: float, labels: torch.Tensor | None = None
-) -> torch.Tensor:
-    """CLIP's loss (Radford et al. 2021; InfoNCE of van den Oord et al. 2018).
-
-    za, zb: (B, dim) L2-normalised embeddings of B pairs. logits[i, j] =
-    cos(za_i, zb_j) / temperature; cross-entropy with target j = i, averaged
-    over the a->b (rows) and b->a (columns) directions. Every other item in the
-    batch is a negative, so the heads learn to make true pairs the most similar.
-
-    ``labels`` (B,): when pairs are formed by *concept* (an image of a dog next
-    to some recording of "dog"), other same-concept items in the batch are not
-    negatives. Then the target of row i is spread evenly over all j with
-    labels[j] == labels[i] (the multi-positive form of Khosla et al. 2020,
-    "Supervised Contrastive Learning"). Without it, the only way to tell
-    same-concept pairs apart is to memorise their noise, which overfits.
-    """
-    logits = za @ zb.T / temperature
-    if labels is None:
-        target = torch.arange(za.shape[0], device=za.device)
-        return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
-    same = (labels[:, None] == labels[None, :]).to(logits.dtype)
-    target = same / same.sum(dim=1, keepdim=True)  # symmetric, so it serves both directions
-    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
-
-
-def _make_head(d_in: int, dim: int, hidden: int | None) -> nn.Module:
-    if hidden is None:
-        return nn.Linear(d_in, dim)
-    return nn.Sequential(nn.Linear(d_in, hidden), nn.GELU(), nn.Linear(hidden, dim))
-
-
-@dataclass(frozen=True, eq=False)
-class AssociationHeads:
-    """Two trained projection heads; ``project_a`` / ``project_b`` map each modality into the joint space."""
-
-    head_a: nn.Module
-    head_b: nn.Module
-    mean_a: np.ndarray
-    std_a: np.ndarray
-    mean_b: np.ndarray
-    std_b: np.ndarray
-    losses: tuple[float, ...]  # mean training loss per epoch
-
-    @staticmethod
-    def _project(head: nn.Module, x: ArrayLike, mean: np.ndarray, std: np.ndarray, name: str) -> np.ndarray:
-        x = _as_numpy(x, name)
-        if x.shape[1] != mean.shape[0]:
-            raise ValueError(f"{name} has width {x.shape[1]}, the head expects {mean.shape[0]}")
-        head.eval()
-        with torch.no_grad():
-            z = head(torch.from_numpy((x - mean) / std).float())
-        return F.normalize(z, dim=1).double().numpy()
-
-    def project_a(self, x: ArrayLike) -> np.ndarray:
-        """L2-normalised joint-space embeddings of modality-A features."""
-        return self._project(self.head_a, x, self.mean_a, self.std_a, "x")
-
-    def project_b(self, x: ArrayLike) -> np.ndarray:
-        """L2-normalised joint-space embeddings of modality-B features."""
-        return self._project(self.head_b, x, self.mean_b, self.std_b, "x")
-
-
-def _standardizer(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    std = x.std(axis=0)
-    return x.mean(axis=0), np.where(std > 1e-8, std, 1.0)  # constant features: leave unscaled
-
-
-def train_association_heads(
-    a: ArrayLike,
-    b: ArrayLike,
-    dim: int = 64,
-    epochs: int = 100,
-    lr: float = 1e-3,
-    temperature: float = 0.1,
-    seed: int = 0,
-    batch_size: int = 128,
-    hidden: int | None = 256,
-    weight_decay: float = 1e-4,
-    labels: ArrayLike | None = None,
-) -> AssociationHeads:
-    """Learn to align two *frozen* feature spaces from paired rows, CLIP-style.
-
-    Radford et al. 2021 (CLIP) put a linear projection on top of two encoders
-    and train everything with the symmetric InfoNCE loss (van den Oord et al.
-    2018). Here the encoders (data2vec's models) stay frozen, so the heads are
-    the only trainable part: by default a small MLP (Linear -> GELU -> Linear),
-    because a linear head can only rotate/stretch and frozen features from
-    independently trained models need not be related linearly. Pass
-    ``hidden=None`` for CLIP's linear projection.
-
-    ``labels`` (one per pair, optional): treat every same-concept pair in a
-    batch as a positive (see ``symmetric_info_nce``). Use it when pairs were
-    formed by concept rather than by instance (a caption *of this* image).
-
-    Inputs are standardised with the mean/std of these training rows (stored
-    in the result, so held-out rows get the same transform). The temperature
-    is fixed rather than learned, for simplicity. Deterministic for a given
-    seed: initialisation and batch order use it, and the global torch RNG
-    state is left as it was.
-    """
-    a, b = _as_numpy(a, "a"), _as_numpy(b, "b")
-    _check_paired(a, b)
-    n = a.shape[0]
-    if n < 2:
-        raise ValueError("need at least 2 pairs: InfoNCE contrasts each pair with the others")
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    mean_a, std_a = _standardizer(a)
-    mean_b, std_b = _standardizer(b)
-    xa = torch.from_numpy((a - mean_a) / std_a).float()
-    xb = torch.from_numpy((b - mean_b) / std_b).float()
-    if labels is not None:  # integer codes, so torch can compare them
-        yt = torch.from_numpy(np.unique(_as_labels(labels, n), return_inverse=True)[1].reshape(-1))
-
-    with torch.random.fork_rng(devices=[]):  # seed the init without disturbing the caller's RNG
-        torch.manual_seed(seed)
-        head_a = _make_head(a.shape[1], dim, hidden)
-        head_b = _make_head(b.shape[1], dim, hidden)
-    gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW([*head_a.parameters(), *head_b.parameters()], lr=lr, weight_decay=weight_decay)
-
-    losses = []
-    head_a.train()
-    head_b.train()
-    for _ in range(epochs):
-        order = torch.randperm(n, generator=gen)
-        total, batches = 0.0, 0
-        for start in range(0, n, batch_size):
-            idx = order[start : start + batch_size]
-            if len(idx) < 2:  # a batch of one has no negatives
-                continue
-            za = F.normalize(head_a(xa[idx]), dim=1)
-            zb = F.normalize(head_b(xb[idx]), dim=1)
-            loss = symmetric_info_nce(za, zb, temperature, None if labels is None else yt[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total, batches = total + loss.item(), batches + 1
-        losses.append(total / max(batches, 1))
-    return AssociationHeads(head_a, head_b, mean_a, std_a, mean_b, std_b, tuple(losses))
-
-
-def association_control(
-    a: ArrayLike,
-    b: ArrayLike,
-    labels: ArrayLike,
-    train_fraction: float = 0.5,
-    seed: int = 0,
-    concept_positives: bool = True,
-    **head_kwargs: Any,
-) -> dict[str, float]:
-    """What paired data buys: held-out retrieval after training association heads on the other pairs.
-
-    Pairs are split per concept into fit/eval parts; heads are trained on the
-    fit pairs (``head_kwargs`` go to ``train_association_heads``) and scored on
-    the evaluation pairs. a and b may have different widths. With
-    ``concept_positives`` (default) the fit labels are passed to the heads so
-    that same-concept pairs count as positives, which is right for
-    concept-paired data; False gives plain instance-level CLIP training.
-    Returned keys:
-
-    - ``retrieval``: symmetric cross-modal retrieval in the learned joint space;
-    - ``retrieval_baseline``: the same with no cross-modal fitting, each side
-      of the evaluation half passed through ``to_common_dim`` on its own (to
-      min(both widths, head dim, n_eval) coordinates). One such number can sit
-      well away from chance by accident; see ``rotation_null``;
-    - ``pair_cosine``: mean cosine of true evaluation pairs in the joint space;
-    - ``chance``: ``retrieval_chance`` of the evaluation labels;
-    - ``final_loss``: last epoch's training loss;
-    - ``n_fit`` / ``n_eval``: pair counts.
-    """
-    a, b = _as_numpy(a, "a"), _as_numpy(b, "b")
-    _check_paired(a, b)
-    y = _as_labels(labels, a.shape[0])
-    fit, held = _stratified_split(y, train_fraction, seed)
-    fit_labels = y[fit] if concept_positives else None
-    heads = train_association_heads(a[fit], b[fit], seed=seed, labels=fit_labels, **head_kwargs)
-    za, zb = heads.project_a(a[held]), heads.project_b(b[held])
-    common = min(a.shape[1], b.shape[1], len(held), za.shape[1])
-    return {
-        "retrieval": cross_modal_retrieval(za, zb, y[held], y[held]),
-        "retrieval_baseline": cross_modal_retrieval(
-            to_common_dim(a[held], common), to_common_dim(b[held], common), y[held], y[held]
-        ),
-        "pair_cosine": _pair_cosine(za, zb),
-        "chance": retrieval_chance(y[held], y[held]),
-        "final_loss": float(heads.losses[-1]) if heads.losses else float("nan"),
-        "n_fit": float(len(fit)),
-        "n_eval": float(len(held)),
-    }
 
 
 # -----------------------------------------------------------------------------

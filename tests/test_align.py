@@ -6,21 +6,18 @@ import numpy as np
 import pytest
 import torch
 
+from d2v_lab.associate import association_control, procrustes_control, procrustes_fit, train_association_heads
 from d2v_lab.align import (
     NullBand,
-    association_control,
     concept_similarity_matrix,
     cross_modal_retrieval,
     mutual_knn_alignment,
     mutual_knn_chance,
     permutation_null,
-    procrustes_control,
-    procrustes_fit,
     retrieval_chance,
     rotation_null,
     rsa,
     to_common_dim,
-    train_association_heads,
     unbiased_cka,
 )
 
@@ -401,3 +398,21 @@ def test_input_validation():
         procrustes_control(x, x, np.arange(10))
     with pytest.raises(ValueError, match="2-D"):
         unbiased_cka(np.zeros(10), np.zeros(10))
+
+
+def test_mutual_knn_layers_matches_single_pair_and_null_takes_the_max():
+    from d2v_lab.align import mutual_knn_layers
+    rng = np.random.default_rng(3)
+    base = rng.normal(size=(60, 8))
+    layers_a = np.stack([base, rng.normal(size=(60, 8))])
+    layers_b = [rng.normal(size=(60, 5)), base @ rng.normal(size=(8, 8)), base]  # widths may differ
+    scores, band = mutual_knn_layers(layers_a, layers_b, k=5, n_shuffles=30, seed=0)
+    for i in range(2):
+        for j in range(3):
+            assert scores[i, j] == pytest.approx(mutual_knn_alignment(layers_a[i], layers_b[j], k=5))
+    assert scores[0, 2] == 1.0 and band.observed == 1.0 and not band.inside
+    # the shuffled pairing is scored exactly as mutual_knn_alignment scores b[perm]
+    perm = np.random.default_rng(0).permutation(60)
+    shuffled = max(mutual_knn_alignment(layers_a[i], layers_b[j][perm], k=5) for i in range(2) for j in range(3))
+    _, one = mutual_knn_layers(layers_a, layers_b, k=5, n_shuffles=1, seed=0)
+    assert one.mean == pytest.approx(shuffled)
