@@ -92,6 +92,38 @@ def cmd_probe(args) -> int:
     return 0
 
 
+def cmd_align(args) -> int:
+    from .crossmodal import ALIGN_PROFILES, run_alignment
+    from .profiles import default_profile
+
+    cfg = ALIGN_PROFILES[args.profile or default_profile()]
+    out = args.out or args.text
+    summary = run_alignment(args.image, args.text, args.audio, out, cfg, progress=not args.json)
+    if args.json:
+        print(json.dumps(summary))
+        return 0
+    for name, r in summary["pairs"].items():
+        print(f"\n{name}: " + (f"skipped ({r['skipped']})" if "skipped" in r else f"{r['n_pairs']} concept pairs"))
+        for line in r.get("verdict", {}).get("text", []):
+            print(f"  - {line}")
+    print(f"\nwrote {out}/align.json, umap_raw.png, umap_associated.png")
+    return 0
+
+
+def cmd_tour(args) -> int:
+    from .tour import run_tour, summary_table
+
+    summary = run_tour(args.profile, args.out)
+    print("\n" + summary_table(summary))
+    for name, r in summary["alignment"]["pairs"].items():
+        if "verdict" in r:
+            v = r["verdict"]
+            print(f"{name}: shared space {'YES' if v['shared_space'] else 'NO'}, alignable with paired data "
+                  f"{'YES' if v['alignable'] else 'NO'}")
+    print(f"\nreport: {summary['out']}/report.md   (time per stage, s: {summary['timings_s']})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="d2v-lab", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -120,6 +152,20 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--json", action="store_true", help="print one JSON object")
     probe.add_argument("--no-supervised", action="store_true", help="skip the supervised reference model")
     probe.set_defaults(func=cmd_probe)
+
+    align = sub.add_parser("align", help="are the three modalities' latent spaces aligned? numbers + nulls")
+    align.add_argument("--image", required=True, help="image pretraining run folder")
+    align.add_argument("--text", required=True, help="text pretraining run folder")
+    align.add_argument("--audio", required=True, help="audio pretraining run folder")
+    align.add_argument("--out", default=None, help="where to write align.json and figures (default: --text)")
+    align.add_argument("--profile", choices=PROFILES, default=None, help="sizes (default: $D2V_LAB_PROFILE or cpu)")
+    align.add_argument("--json", action="store_true", help="print one JSON object")
+    align.set_defaults(func=cmd_align)
+
+    tour = sub.add_parser("tour", help="the whole story headless: pretrain, probe, align, report.md")
+    tour.add_argument("--profile", choices=PROFILES, default=None, help="size (default: $D2V_LAB_PROFILE or cpu)")
+    tour.add_argument("--out", default=None, help="output folder (default: runs/<profile> in the project)")
+    tour.set_defaults(func=cmd_tour)
     return parser
 
 

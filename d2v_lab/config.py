@@ -40,13 +40,14 @@ class TrainConfig:
     min_target_std: float = 0.1  # collapse guard (fairseq's min_target_var is 0.1)
     seed: int = 0
     device: str = "auto"         # auto | cpu | cuda | mps
-    precision: str = "fp32"      # fp32 | bf16 (autocast; the EMA teacher's weights stay fp32)
+    precision: str = "auto"      # auto | fp32 | bf16 (autocast; the teacher's weights stay fp32).
+                                 # auto = bf16 where the hardware does it natively, else fp32
     compile: bool = False        # torch.compile the encoders (GPU profile)
     threads: int = 0             # CPU threads (0 = torch's default)
 
     def __post_init__(self):
-        if self.precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', got {self.precision!r}")
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError("steps and batch_size must be >= 1")
 
@@ -76,19 +77,21 @@ class RunConfig:
         return cls(**kwargs)
 
     def with_overrides(self, assignments: list[str]) -> "RunConfig":
-        """Apply ``section.field=value`` strings, e.g. ``train.lr=3e-4`` or ``mask.ratio=0.5``."""
-        cfg = self
+        """Apply ``section.field=value`` strings, e.g. ``train.lr=3e-4`` or ``mask.ratio=0.5``. All
+        changes to one section are applied together, so ``encoder.dim=128 encoder.heads=2`` works in
+        either order."""
+        changes: dict[str, dict] = {}
         for item in assignments:
             key, sep, raw = item.partition("=")
             section, dot, name = key.strip().partition(".")
             if not sep or not dot:
                 raise ValueError(f"--set expects section.field=value (e.g. train.lr=3e-4), got {item!r}")
-            part = getattr(cfg, section, None)
+            part = getattr(self, section, None)
             if not dataclasses.is_dataclass(part) or name not in {f.name for f in dataclasses.fields(part)}:
                 raise ValueError(f"unknown setting {key!r}; sections: encoder, mask, d2v, train, data")
-            value = _parse(raw.strip(), type(getattr(part, name)), key)
-            cfg = dataclasses.replace(cfg, **{section: dataclasses.replace(part, **{name: value})})
-        return cfg
+            changes.setdefault(section, {})[name] = _parse(raw.strip(), type(getattr(part, name)), key)
+        return dataclasses.replace(self, **{sec: dataclasses.replace(getattr(self, sec), **kv)
+                                            for sec, kv in changes.items()})
 
 
 def _tuples(cls, values: dict) -> dict:

@@ -17,7 +17,7 @@ from .config import RunConfig
 from .data import ClipSet, LogMelConfig, load_cifar10, load_fsdd, load_speech_commands, load_stories, log_mel
 from .data.fsdd import find_fsdd
 from .data.root import DatasetNotFound
-from .data.tokenizer import load_tokenizer, pack_windows
+from .data.tokenizer import CLS_ID, load_tokenizer, pack_windows
 
 
 @dataclass
@@ -74,3 +74,18 @@ def pretraining_data(cfg: RunConfig, root=None, progress: bool = True) -> Pretra
         data.train = data.train[: cfg.data.max_examples]
     data.sources.update(n_train=len(data.train), n_heldout=len(data.heldout))
     return data
+
+
+def example_samples(root=None, vocab_size: int = 1024, seq_len: int = 64, index: int = 0) -> dict:
+    """One real sample per modality for the masking pictures: a CIFAR-10 test image, the log-mel of a
+    Speech Commands test clip, and the first tokens of a held-out story (ids and token strings)."""
+    cifar = load_cifar10("test", root)
+    clips = load_speech_commands("testing", root)
+    logmel = audio_inputs(clips.subset([index % len(clips)]), progress=False)[0]
+    tok = load_tokenizer(root, vocab_size)
+    story = load_stories("valid", root)[index]
+    ids = [CLS_ID] + tok.encode(story, add_special_tokens=False).ids[: seq_len - 1]
+    return {"image": cifar.images[index], "audio": logmel,
+            "text": (torch.tensor(ids), [tok.id_to_token(i) for i in ids]),
+            "labels": {"image": cifar.classes[int(cifar.labels[index])],
+                       "audio": clips.classes[int(clips.labels[index % len(clips)])]}}

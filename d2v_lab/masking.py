@@ -60,6 +60,11 @@ def span_ratio(start_prob: float, span: int) -> float:
     return 1.0 - (1.0 - start_prob) ** span
 
 
+def start_prob(ratio: float, span: int) -> float:
+    """The inverse of ``span_ratio``: the per-step start probability p that masks ``ratio`` on average."""
+    return 1.0 - (1.0 - ratio) ** (1.0 / span)
+
+
 def _rng(generator: torch.Generator | None) -> np.random.Generator:
     """A numpy generator seeded from the torch one, for the small per-row Python loops."""
     return np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=generator)))

@@ -27,3 +27,26 @@ def tune_malloc() -> bool:
         return False
     _done = ok
     return ok
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True when the CPU multiplies bf16 natively (AVX-512 BF16 or AMX). Elsewhere bf16 autocast is
+    emulated and slower than fp32, so "auto" precision stays fp32 there."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def resolve_precision(precision: str, device_type: str) -> str:
+    """'auto' -> 'bf16' where it is fast (CUDA with bf16 support, CPUs with native bf16), else 'fp32'."""
+    if precision != "auto":
+        return precision
+    if device_type == "cuda":
+        import torch
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    if device_type == "cpu":
+        return "bf16" if cpu_has_fast_bf16() else "fp32"
+    return "fp32"

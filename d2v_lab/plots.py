@@ -75,3 +75,168 @@ def plot_training(metrics: list[dict], title: str = "", path=None, axes=None):
         fig.suptitle(title)
     fig.tight_layout()
     return _save(fig, path)
+
+
+CONCEPT_MARKERS = "o^sDv<>pP*Xh8dH1234+x|_"
+UMAP_CAPTION = ("A UMAP picture alone proves nothing: it distorts distances and invents clusters. "
+                "Read it beside the numbers (retrieval vs its null band, the controls) in align.json.")
+
+
+def umap_2d(x: np.ndarray, n_neighbors: int = 15, seed: int = 0) -> np.ndarray:
+    """2-D UMAP (McInnes et al. 2018) on a precomputed exact cosine kNN graph: for <= a few thousand
+    points that is faster than UMAP's own approximate search, and reproducible."""
+    import umap  # imported here: the first import costs ~13 s
+
+    z = x / (np.linalg.norm(x, axis=1, keepdims=True) + 1e-12)
+    dist = 1.0 - z @ z.T
+    idx = np.argsort(dist, axis=1)[:, :n_neighbors]          # the point itself comes first
+    knn = (idx, np.take_along_axis(dist, idx, axis=1).clip(min=0), None)
+    reducer = umap.UMAP(n_neighbors=n_neighbors, metric="cosine", precomputed_knn=knn, random_state=seed,
+                        n_jobs=1)
+    return reducer.fit_transform(x)
+
+
+def plot_modalities_2d(points: dict[str, tuple[np.ndarray, np.ndarray]], title: str, ax=None, path=None):
+    """Scatter of 2-D points: colour = modality, marker = concept."""
+    fig, ax = _new_axes(ax, figsize=(7, 6))
+    concepts = sorted({str(c) for _, labels in points.values() for c in labels})
+    marker = {c: CONCEPT_MARKERS[i % len(CONCEPT_MARKERS)] for i, c in enumerate(concepts)}
+    for modality, (xy, labels) in points.items():
+        colour = MODALITY_COLOURS.get(modality.split("_")[0], "tab:purple")
+        for c in concepts:
+            sel = np.asarray(labels) == c
+            if sel.any():
+                ax.scatter(xy[sel, 0], xy[sel, 1], s=14, c=colour, marker=marker[c], alpha=0.7, linewidths=0.5)
+    handles = [plt.Line2D([], [], ls="", marker="o", color=MODALITY_COLOURS.get(m.split("_")[0], "tab:purple"),
+                          label=m) for m in points]
+    handles += [plt.Line2D([], [], ls="", marker=marker[c], color="gray", label=c) for c in concepts]
+    ax.legend(handles=handles, fontsize=7, ncol=2, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    ax.set_xlabel("UMAP 1 (arbitrary units)")
+    ax.set_ylabel("UMAP 2 (arbitrary units)")
+    ax.set_title(title, fontsize=10)
+    return _save(fig, path)
+
+
+def plot_alignment_umaps(feats: dict, cfg, out_dir) -> list:
+    """Joint UMAP of image, text (word vectors) and audio: (1) raw data2vec spaces, each reduced to the
+    same width on its own; (2) after joint association heads trained on concept pairs."""
+    from .align import to_common_dim
+    from .associate import train_joint_heads
+
+    rng = np.random.default_rng(cfg.seed)
+    names = [m for m in ("image", "text_word", "audio") if m in feats]
+    per = max(1, cfg.umap_points // len(names))
+    chosen = {m: np.sort(rng.choice(len(feats[m].concepts), min(per, len(feats[m].concepts)), replace=False))
+              for m in names}
+    last = {m: feats[m].layers[-1] for m in names}
+    raw = {m: to_common_dim(last[m][chosen[m]], cfg.common_dim) for m in names}
+    heads = train_joint_heads({m: (last[m], feats[m].concepts) for m in names}, dim=cfg.common_dim, seed=cfg.seed)
+    joint = {m: heads[m](last[m][chosen[m]]) for m in names}
+    figures = []
+    for tag, space, title in (("raw", raw, "data2vec's own spaces (each PCA-reduced on its own)"),
+                              ("associated", joint, "after association heads trained on concept pairs")):
+        stacked = np.concatenate([space[m] for m in names])
+        xy = umap_2d(stacked, seed=cfg.seed)
+        bounds = np.cumsum([0] + [len(space[m]) for m in names])
+        points = {m: (xy[bounds[i]:bounds[i + 1]], feats[m].concepts[chosen[m]]) for i, m in enumerate(names)}
+        fig = plot_modalities_2d(points, f"Joint UMAP: {title}")
+        fig.text(0.01, -0.04, UMAP_CAPTION, fontsize=7, wrap=True)
+        figures.append(_save(fig, Path(out_dir) / f"umap_{tag}.png"))
+    return figures
+
+
+# --- masks ----------------------------------------------------------------------------------------
+
+def _ratio_title(what: str, mask, asked: float | None) -> str:
+    achieved = float(np.asarray(mask, dtype=float).mean())
+    return f"{what}: masked {100 * achieved:.1f}%" + (f" (asked {100 * asked:.1f}%)" if asked is not None else "")
+
+
+def show_image_mask(image, mask, grid: tuple[int, int], asked: float | None = None, ax=None, path=None):
+    """The image with its masked patches greyed out. image: (3, H, W) uint8; mask: (h*w,) bool."""
+    fig, ax = _new_axes(ax, figsize=(3.2, 3.4))
+    img = np.asarray(image).transpose(1, 2, 0).astype(float) / 255.0
+    h, w = grid
+    ph, pw = img.shape[0] // h, img.shape[1] // w
+    cover = np.kron(np.asarray(mask, dtype=float).reshape(h, w), np.ones((ph, pw)))[..., None]
+    ax.imshow(img * (1 - cover) + 0.5 * cover, interpolation="nearest")
+    ax.set_xticks(np.arange(0, img.shape[1] + 1, pw) - 0.5, labels=[])
+    ax.set_yticks(np.arange(0, img.shape[0] + 1, ph) - 0.5, labels=[])
+    ax.grid(color="white", lw=0.3)
+    ax.set_xlabel(f"{w} x {h} patches of {pw} x {ph} pixels")
+    ax.set_title(_ratio_title("image", mask, asked), fontsize=9)
+    return _save(fig, path)
+
+
+def show_spectrogram_mask(logmel, mask, patch: int, hop_ms: float = 10.0, asked: float | None = None,
+                          ax=None, path=None):
+    """A log-mel spectrogram (n_mels, frames) with the masked time spans shaded."""
+    fig, ax = _new_axes(ax, figsize=(6, 2.6))
+    logmel = np.asarray(logmel)
+    seconds = logmel.shape[1] * hop_ms / 1000
+    ax.imshow(logmel, origin="lower", aspect="auto", cmap="magma", extent=(0, seconds, 0, logmel.shape[0]))
+    token_s = patch * hop_ms / 1000
+    for i in np.flatnonzero(np.asarray(mask)):
+        ax.axvspan(i * token_s, (i + 1) * token_s, color="white", alpha=0.55, lw=0)
+    ax.set_xlabel(f"time (s); one token = {patch} frames = {patch * hop_ms:.0f} ms")
+    ax.set_ylabel("mel band")
+    ax.set_title(_ratio_title("audio", mask, asked), fontsize=9)
+    return _save(fig, path)
+
+
+def masked_text(tokens: list[str], mask, width: int = 90) -> str:
+    """Byte-level BPE tokens joined back into text, masked tokens shown as [___]."""
+    import textwrap
+
+    pieces = [((" " if t.startswith("Ġ") else "") + "[___]" if m else t) for t, m in zip(tokens, np.asarray(mask))]
+    text = "".join(p.replace("Ġ", " ").replace("Ċ", "\n") for p in pieces)
+    return "\n".join(textwrap.fill(line, width) for line in text.split("\n"))
+
+
+def show_text_mask(tokens: list[str], mask, asked: float | None = None, ax=None, path=None, max_tokens: int = 80):
+    fig, ax = _new_axes(ax, figsize=(7, 2.4))
+    ax.axis("off")
+    ax.text(0, 1, masked_text(tokens[:max_tokens], np.asarray(mask)[:max_tokens], width=80), va="top",
+            family="monospace", fontsize=8, transform=ax.transAxes)
+    ax.set_title(_ratio_title("text", np.asarray(mask)[1:], asked) + " ([CLS] never masked)", fontsize=9)
+    return _save(fig, path)
+
+
+def plot_teacher_dynamics(runs: list[dict], axes=None, path=None):
+    """Target drift per update and target std, for one or more ``demos.teacher_dynamics`` runs."""
+    if axes is None:
+        fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    fig = axes[0].figure
+    for r in runs:
+        label = f"tau={r['tau']:g}, K={r['top_k']}"
+        axes[0].plot(r["step"], r["target_drift"], label=label)
+        axes[1].plot(r["step"], r["target_std"], label=label)
+        axes[2].plot(r["step"], r["loss"], label=label)
+    axes[0].set_ylabel("relative change of the targets\nsince the previous update")
+    axes[0].set_yscale("log")
+    axes[1].set_ylabel("target std across positions")
+    axes[1].set_ylim(bottom=0)
+    axes[2].set_ylabel("training loss (masked positions)")
+    for ax in axes:
+        ax.set_xlabel("update step")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_tau_schedule(tau0: float, tau_end: float, ramp_steps: int, steps: int, ax=None, path=None):
+    from .ema import tau_at
+
+    fig, ax = _new_axes(ax, figsize=(5, 3))
+    xs = np.arange(steps)
+    taus = np.array([tau_at(int(s), tau0, tau_end, ramp_steps) for s in xs])
+    ax.plot(xs, taus, label="tau")
+    ax.set_xlabel("update step")
+    ax.set_ylabel("EMA decay tau")
+    twin = ax.twinx()
+    twin.plot(xs, 1.0 / (1.0 - np.minimum(taus, 1 - 1e-9)), color="tab:orange", ls="--",
+              label="teacher memory 1/(1-tau)")
+    twin.set_ylabel("teacher memory (updates)")
+    ax.set_title(f"tau: {tau0} -> {tau_end} over {ramp_steps} updates", fontsize=9)
+    fig.legend(fontsize=7, loc="lower right")
+    return _save(fig, path)

@@ -22,28 +22,40 @@ C_GRID = (0.001, 0.01, 0.1, 1.0)
 # --- features -------------------------------------------------------------------------------------
 
 @torch.no_grad()
-def layer_features(backbone, x: torch.Tensor, batch_size: int = 256, device="cpu") -> dict[str, np.ndarray]:
+def layer_features(backbone, x: torch.Tensor, batch_size: int = 256, device="cpu",
+                   select: torch.Tensor | None = None, precision: str = "auto") -> dict[str, np.ndarray]:
     """Frozen features per layer: {"mean": (L+1, N, D), "cls": ...}. Layer 0 is the embedded input
-    (adapter output), layer l the output of block l. "mean" averages non-padding tokens; "cls" (text
-    only) is the [CLS] token at position 0."""
+    (adapter output), layer l the output of block l. "mean" averages the non-padding content tokens
+    (not [CLS]), or only the tokens where ``select`` (N, T) is True (e.g. one word's tokens); "cls"
+    (models with a [CLS] token) is that token. ``precision``: "auto" runs the encoder in bf16 where that is native."""
+    from contextlib import nullcontext
+
+    from .perf import resolve_precision
     backbone.eval().to(device)
+    device_type = torch.device(device).type
+    bf16 = resolve_precision(precision, device_type) == "bf16"
+    autocast = (lambda: torch.autocast(device_type, dtype=torch.bfloat16)) if bf16 else nullcontext
     means, cls = [], []
-    for chunk in x.split(batch_size):
+    chunks = zip(x.split(batch_size), select.split(batch_size) if select is not None else [None] * len(x))
+    for chunk, sel in chunks:
         chunk = chunk.to(device)
         pad = backbone.adapter.padding_mask(chunk)
-        tokens = backbone.adapter(chunk)
-        out = backbone.encoder(tokens, pad, return_layers=True)
-        layers = torch.stack([tokens] + out.hidden).float()                # (L+1, B, T, D)
-        keep = torch.ones(layers.shape[1:3], device=layers.device) if pad is None else (~pad).float()
+        with autocast():
+            tokens = backbone.adapter(chunk)
+            out = backbone.encoder(tokens, pad, return_layers=True)
+        layers = torch.stack([tokens.float()] + [h.float() for h in out.hidden])   # (L+1, B, T, D)
+        if sel is not None:
+            keep = sel.to(layers.device).float()
+        else:
+            keep = torch.ones(layers.shape[1:3], device=layers.device) if pad is None else (~pad).float()
+            keep[:, : backbone.adapter.prefix] = 0
         means.append((layers * keep[None, :, :, None]).sum(2) / keep.sum(1)[None, :, None])
         cls.append(layers[:, :, 0])
     feats = {"mean": torch.cat(means, 1).cpu().numpy()}
-    if backbone.adapter.modality == "text":
+    if backbone.adapter.prefix:
         feats["cls"] = torch.cat(cls, 1).cpu().numpy()
     return feats
 
-
-# --- probes ---------------------------------------------------------------------------------------
 
 @dataclass
 class LinearFit:
@@ -197,3 +209,17 @@ def run_probe(run_dir, root=None, probe_cfg=None, supervised: bool = True, progr
     (run_dir / "probe.json").write_text(json.dumps(out, indent=2))
     plot_probe(out, run_dir / "probe.png")
     return out
+
+
+def cached_probe(run_dir, root=None, progress: bool = True, log=print) -> dict:
+    """probe.json of a run when it is newer than the checkpoint it measured, else a fresh run_probe."""
+    import json
+    from pathlib import Path
+
+    from .checkpoint import CHECKPOINT
+    run_dir = Path(run_dir)
+    cached = run_dir / "probe.json"
+    if cached.is_file() and cached.stat().st_mtime >= (run_dir / CHECKPOINT).stat().st_mtime:
+        log(f"reusing {cached} (newer than its checkpoint)")
+        return json.loads(cached.read_text())
+    return run_probe(run_dir, root, progress=progress)

@@ -75,7 +75,7 @@ _TABLE = {
     ("image", "gpu"): (EncoderConfig(384, 12, 6), dict(top_k=8, num_masks=8, decoder_dim=384, tau0=0.999,
                                                          tau_end=0.9999, tau_ramp_steps=10000),
                        TrainConfig(steps=20000, batch_size=256, lr=1e-3, warmup_steps=1000, log_every=50,
-                                   eval_every=1000, checkpoint_every=2000, precision="bf16", compile=True),
+                                   eval_every=1000, checkpoint_every=2000, compile=True),
                        DataConfig()),
     ("text", "ci"): (EncoderConfig(64, 2, 2), dict(top_k=2, num_masks=2, decoder_dim=64, tau0=0.99, tau_end=0.999,
                                                      tau_ramp_steps=20),
@@ -88,7 +88,7 @@ _TABLE = {
     ("text", "gpu"): (EncoderConfig(384, 12, 6), dict(top_k=8, num_masks=8, decoder_dim=384, tau0=0.999,
                                                         tau_end=0.9999, tau_ramp_steps=10000),
                       TrainConfig(steps=20000, batch_size=256, lr=5e-4, warmup_steps=1000, log_every=50,
-                                  eval_every=1000, checkpoint_every=2000, precision="bf16", compile=True),
+                                  eval_every=1000, checkpoint_every=2000, compile=True),
                       DataConfig(vocab_size=8192, seq_len=256)),
     ("audio", "ci"): (EncoderConfig(64, 2, 2), dict(top_k=2, num_masks=2, decoder_dim=64, tau0=0.99, tau_end=0.999,
                                                       tau_ramp_steps=20),
@@ -101,7 +101,7 @@ _TABLE = {
     ("audio", "gpu"): (EncoderConfig(384, 12, 6), dict(top_k=8, num_masks=8, decoder_dim=384, tau0=0.999,
                                                          tau_end=0.9999, tau_ramp_steps=10000),
                        TrainConfig(steps=20000, batch_size=256, lr=1e-3, warmup_steps=1000, log_every=50,
-                                   eval_every=1000, checkpoint_every=2000, precision="bf16", compile=True),
+                                   eval_every=1000, checkpoint_every=2000, compile=True),
                        DataConfig()),
 }
 

@@ -19,6 +19,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -27,7 +28,7 @@ from tqdm.auto import tqdm
 from . import perf
 from .checkpoint import CHECKPOINT, TOKENIZER, build_model, check_compatible, read_checkpoint, save_checkpoint
 from .config import RunConfig
-from .data2vec import Data2Vec
+from .data2vec import Data2Vec, Data2VecOutput
 from .ema import tau_at
 from .inputs import PretrainData, pretraining_data
 
@@ -127,11 +128,13 @@ def _read_metrics(path: Path, up_to_step: int) -> list[dict]:
 
 
 def pretrain(cfg: RunConfig, out_dir: str | Path, resume: bool = False, data: PretrainData | None = None,
-             stop_after: int | None = None, progress: bool = True, root=None) -> TrainResult:
+             stop_after: int | None = None, progress: bool = True, root=None,
+             callback: Callable[[int, Data2Vec, Data2VecOutput], None] | None = None) -> TrainResult:
     """Pretrain one modality into ``out_dir`` (checkpoint.pt, metrics.jsonl, config.json).
 
     ``resume``: continue the checkpoint in out_dir (refused if its modality or config differ).
     ``stop_after``: stop (with a checkpoint) after this many total steps, as if interrupted.
+    ``callback(step, model, output)``: called after every update (e.g. to watch the teacher move).
     """
     perf.tune_malloc()
     out = Path(out_dir)
@@ -178,16 +181,17 @@ def pretrain(cfg: RunConfig, out_dir: str | Path, resume: bool = False, data: Pr
         torch.set_num_threads(t.threads)
     try:
         history = _train_steps(model, optimizer, cfg, data, device, start, end, history, ckpt_path,
-                               metrics_path, progress)
+                               metrics_path, progress, callback)
     finally:
         torch.set_num_threads(threads)
     return TrainResult(out, end, model.eval(), history)
 
 
-def _train_steps(model, optimizer, cfg, data, device, start, end, history, ckpt_path, metrics_path, progress):
+def _train_steps(model, optimizer, cfg, data, device, start, end, history, ckpt_path, metrics_path, progress,
+                 callback):
     t = cfg.train
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if t.precision == "bf16" \
-        else contextlib.nullcontext
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) \
+        if perf.resolve_precision(t.precision, device.type) == "bf16" else contextlib.nullcontext
     params = [p for group in optimizer.param_groups for p in group["params"]]
     bar = tqdm(range(start, end), initial=start, total=t.steps, desc=f"pretrain {cfg.modality}",
                disable=not progress, dynamic_ncols=True)
@@ -233,6 +237,8 @@ def _train_steps(model, optimizer, cfg, data, device, start, end, history, ckpt_
                     f.write(json.dumps(row) + "\n")
                 bar.set_postfix(loss=f"{row['loss']:.4f}", tgt_std=f"{row['target_std']:.3f}")
                 tic, seen = time.perf_counter(), 0
+            if callback is not None:
+                callback(done, model, result)
             if target_std < t.min_target_std:
                 save_checkpoint(ckpt_path, cfg, done, model, optimizer)
                 raise TrainingStopped(
@@ -248,3 +254,24 @@ def _train_steps(model, optimizer, cfg, data, device, start, end, history, ckpt_
         raise
     bar.close()
     return history
+
+
+def ensure_pretrained(cfg: RunConfig, out_dir: str | Path, progress: bool = True, root=None,
+                      log: Callable[[str], None] = print) -> Path:
+    """A finished run of ``cfg`` in out_dir: reused when its checkpoint is complete, resumed when it
+    is partial, trained when absent. Says which (never retrains silently); refuses a checkpoint
+    made with another config rather than overwrite it."""
+    out = Path(out_dir)
+    ckpt = out / CHECKPOINT
+    if ckpt.exists():
+        state = read_checkpoint(ckpt)
+        check_compatible(state, cfg, ckpt)
+        if state["step"] >= cfg.train.steps:
+            log(f"{cfg.modality}: reusing the finished checkpoint in {out} ({state['step']} steps)")
+            return out
+        log(f"{cfg.modality}: resuming the checkpoint in {out} from step {state['step']} of {cfg.train.steps}")
+        pretrain(cfg, out, resume=True, progress=progress, root=root)
+    else:
+        log(f"{cfg.modality}: pretraining ({cfg.profile} profile, {cfg.train.steps} steps) into {out}")
+        pretrain(cfg, out, progress=progress, root=root)
+    return out

@@ -7,7 +7,6 @@ import pickle
 
 import numpy as np
 import pytest
-import soundfile as sf
 import torch
 
 from builders import write_cifar, write_fsdd, write_speech_commands, write_stories, write_wav
