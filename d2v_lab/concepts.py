@@ -12,13 +12,13 @@ from functools import lru_cache
 CONCEPT_WORDS: dict[str, tuple[str, ...]] = {
     "airplane": ("airplane", "plane", "aeroplane"),
     "automobile": ("car", "automobile"),
-    "bird": ("bird",),
-    "cat": ("cat", "kitten"),
-    "deer": ("deer",),
-    "dog": ("dog", "puppy"),
-    "frog": ("frog",),
-    "horse": ("horse", "pony"),
-    "ship": ("ship", "boat"),
+    "bird": ("bird", "birdie"),
+    "cat": ("cat", "kitten", "kitty"),
+    "deer": ("deer", "fawn"),
+    "dog": ("dog", "puppy", "doggy", "doggie", "pup"),
+    "frog": ("frog", "froggy"),
+    "horse": ("horse", "pony", "foal"),
+    "ship": ("ship", "boat", "sailboat"),
     "truck": ("truck",),
 }
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from .align import (cross_modal_retrieval, mutual_knn_chance, mutual_knn_layers, permutation_null,
                     retrieval_chance, rotation_null, rsa, to_common_dim, unbiased_cka)
 from .associate import association_control, procrustes_control
-from .concepts import CONCEPT_WORDS, DIGIT_WORDS, concept_pattern
+from .concepts import CONCEPT_WORDS, DIGIT_WORDS, concept_pattern, concepts_in
 from .data import load_cifar10, load_fsdd, load_speech_commands, load_stories
 from .data.root import DatasetNotFound
 from .data.tokenizer import CLS_ID, PAD_ID
@@ -95,11 +95,14 @@ def audio_features(model, root=None, per_concept: int = 100, seed: int = 0, prog
 def text_features(model, tok, seq_len: int, root=None, concepts=IMAGE_CONCEPTS + DIGIT_WORDS,
                   per_concept: int = 100, mode: str = "word", seed: int = 0) -> ConceptFeatures:
     """Text features per concept from stories (train + valid) that mention it: the contextual vector
-    at the first mention's tokens (mode="word") or the mean of the story window (mode="story"). The
-    word is NOT masked: this is what the model makes of "cat" in context."""
+    at the first mention's tokens (mode="word") or the mean of the story window (mode="story", only
+    stories that mention exactly one of ``concepts``). The word is NOT masked: this is what the model
+    makes of "cat" in context."""
     stories = load_stories("train", root) + load_stories("valid", root)
     rng = np.random.default_rng(seed)
     rows, selects, labels = [], [], []
+    if mode == "story":  # a story vector stands for one concept only
+        stories = [s for s in stories if len(concepts_in(s, concepts)) == 1]
     for concept in concepts:
         pattern = concept_pattern(concept)
         hits = [(i, m) for i, s in enumerate(stories) if (m := pattern.search(s))]
@@ -314,8 +317,9 @@ def conclusion(summary: dict) -> str:
     if len(not_shared) == len(pairs):
         text.append("So data2vec did not put the modalities in one space: one objective, separate spaces. ")
     elif shared:
-        text.append(f"Above-null raw retrieval for {', '.join(shared)} is an accidental alignment of two "
-                    f"independently trained spaces at this sample size; check it against the rotation null. ")
+        text.append(f"For {', '.join(shared)} raw retrieval exceeds both nulls: some coordinates line up "
+                    f"without any pairing, which would need a cause (shared input statistics, or chance at "
+                    f"{min(pairs[n]['n_pairs'] for n in shared)} pairs) before being read as a shared space. ")
     text.append(f"Given paired concepts, a small association network trained on half of the pairs reaches "
                 f"held-out retrieval of {fitted}, above its null for {len(alignable)} of {len(pairs)} pairs: "
                 f"aligning the spaces takes paired data, which data2vec never sees. ")

@@ -44,7 +44,7 @@ def teacher_dynamics(modality: str = "image", tau: float = 0.99, top_k: int = 2,
         drift = float((y - previous["y"]).norm() / previous["y"].norm()) if "y" in previous else float("nan")
         previous["y"] = y
         curves["step"].append(step)
-        curves["loss"].append(float(output.loss))
+        curves["loss"].append(output.loss.item())
         curves["target_std"].append(float(y.flatten(0, 1).std(0).mean()))
         curves["target_drift"].append(drift)
 

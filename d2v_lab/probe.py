@@ -100,7 +100,7 @@ def linear_probe(x_tr, y_tr, x_va, y_va, x_te, y_te, Cs=C_GRID, max_iter: int = 
     accuracy; the chosen C is refit on train + val and scored once on test."""
     x_tr, x_va, x_te = _standardise(x_tr, x_va, x_te)
     y_tr, y_va, y_te = (torch.as_tensor(np.asarray(v), dtype=torch.long) for v in (y_tr, y_va, y_te))
-    n_classes = int(max(y_tr.max(), y_va.max(), y_te.max())) + 1
+    n_classes = int(max(y_tr.max(), y_va.max())) + 1  # from the fitted labels only; test is just scored
 
     def accuracy(W, b, x, y):
         return float(((x @ W + b).argmax(1) == y).float().mean())
@@ -120,10 +120,15 @@ def knn_accuracy(x_tr, y_tr, x_te, y_te, k: int = 20) -> float:
     a = torch.nn.functional.normalize(torch.as_tensor(x_tr, dtype=torch.float32), dim=1)
     b = torch.nn.functional.normalize(torch.as_tensor(x_te, dtype=torch.float32), dim=1)
     sim, idx = (b @ a.T).topk(k, dim=1)
-    votes = torch.zeros(len(b), int(max(y_tr.max(), y_te.max())) + 1)
     neighbour_labels = torch.as_tensor(y_tr)[idx]
-    votes.scatter_add_(1, neighbour_labels, torch.ones_like(sim))
-    votes.scatter_add_(1, neighbour_labels, sim * 1e-3)  # tie-break by similarity
+    n_classes = int(y_tr.max()) + 1
+    counts = torch.zeros(len(b), n_classes, dtype=torch.float64).scatter_add_(
+        1, neighbour_labels, torch.ones_like(sim, dtype=torch.float64))
+    similarity = torch.zeros(len(b), n_classes, dtype=torch.float64).scatter_add_(
+        1, neighbour_labels, sim.double())
+    # majority vote; ties go to the class whose neighbours are more similar in total (similarity sums
+    # are < k, so scaling them by 1/(k+1) can never outweigh one vote)
+    votes = counts + similarity / (k + 1)
     return float((votes.argmax(1).numpy() == y_te).mean())
 
 
@@ -169,10 +174,12 @@ def probe_tasks(modality: str, cfg, tokenizer=None, root=None, max_train: int = 
 
 def run_probe(run_dir, root=None, probe_cfg=None, supervised: bool = True, progress: bool = True) -> dict:
     """Probe a pretraining run against its baselines; write probe.json and probe.png into run_dir."""
+    import dataclasses
     import json
     from pathlib import Path
 
     from .checkpoint import build_model, load_run
+    from .data.root import data_root
     from .plots import plot_probe
     from .profiles import PROBES
     from .supervised import train_supervised
@@ -205,21 +212,26 @@ def run_probe(run_dir, root=None, probe_cfg=None, supervised: bool = True, progr
             "selected": {"pretrained": pre["selected"], "random_init": rnd["selected"]},
             "per_layer": per_layer, "pool": pool, "note": data.note, "counts": data.counts,
         })
-    out = {**results[0], "extra_tasks": results[1:]}
+    out = {**results[0], "extra_tasks": results[1:], "probe_config": dataclasses.asdict(probe_cfg),
+           "with_supervised": supervised, "data_root": str(data_root(root))}
     (run_dir / "probe.json").write_text(json.dumps(out, indent=2))
     plot_probe(out, run_dir / "probe.png")
     return out
 
 
 def cached_probe(run_dir, root=None, progress: bool = True, log=print) -> dict:
-    """probe.json of a run when it is newer than the checkpoint it measured, else a fresh run_probe."""
+    """probe.json of a run when it is newer than the checkpoint it measured and was made the same way
+    (with the supervised reference, on the same data root), else a fresh run_probe."""
     import json
     from pathlib import Path
 
     from .checkpoint import CHECKPOINT
+    from .data.root import data_root
     run_dir = Path(run_dir)
     cached = run_dir / "probe.json"
     if cached.is_file() and cached.stat().st_mtime >= (run_dir / CHECKPOINT).stat().st_mtime:
-        log(f"reusing {cached} (newer than its checkpoint)")
-        return json.loads(cached.read_text())
+        result = json.loads(cached.read_text())
+        if result.get("with_supervised") and result.get("data_root") == str(data_root(root)):
+            log(f"reusing {cached} (newer than its checkpoint)")
+            return result
     return run_probe(run_dir, root, progress=progress)

@@ -50,9 +50,9 @@ def _stratified_split(n: int, labels: np.ndarray, fraction: float, seed: int):
 def cifar_task(root=None, val_fraction: float = 0.1, seed: int = 0, max_train: int | None = None) -> ProbeData:
     train, test = load_cifar10("train", root), load_cifar10("test", root)
     images, labels = train.images, train.labels
-    if max_train:
-        keep, _ = _stratified_split(len(labels), labels, 1 - max_train / len(labels), seed) \
-            if max_train < len(labels) else (np.arange(len(labels)), None)
+    if max_train and max_train < len(labels):  # a stratified subset of exactly max_train images
+        keep, _ = train_test_split(np.arange(len(labels)), train_size=max_train, random_state=seed,
+                                   stratify=labels)
         images, labels = images[np.sort(keep)], labels[np.sort(keep)]
     tr, va = _stratified_split(len(labels), labels, val_fraction, seed)
     x = {"train": images[tr], "val": images[va], "test": test.images}

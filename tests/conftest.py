@@ -6,9 +6,22 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
+from threadpoolctl import threadpool_limits
 
 from builders import write_cifar, write_fsdd, write_speech_commands, write_tinystories
 from d2v_lab.data.root import data_root
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The tests use tiny models and small matrices: one torch and one BLAS thread are faster for
+    them (several threads spin on this 2-core machine), and leave the other core free."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with threadpool_limits(limits=1):
+        yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture

@@ -15,15 +15,6 @@ from d2v_lab.transformer import Encoder, EncoderConfig
 B = 4
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one intra-op thread is faster, and immune to OpenMP spinning on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def make(modality: str, version: int, num_masks: int = 1, seed: int = 0, **kw) -> Data2Vec:
     torch.manual_seed(seed)
     cls = kw.get("cls_loss", 0) > 0

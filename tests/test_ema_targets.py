@@ -16,15 +16,6 @@ from d2v_lab.targets import build_targets, normalise
 from d2v_lab.transformer import Encoder, EncoderConfig
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one intra-op thread is faster, and immune to OpenMP spinning on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny_backbone(seed=0, dim=32, depth=2) -> Backbone:
     torch.manual_seed(seed)
     return Backbone(ImageAdapter(dim, MaskConfig("inverse_block", 0.8)), Encoder(EncoderConfig(dim, depth, 2)))

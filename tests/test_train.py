@@ -16,15 +16,6 @@ from d2v_lab.profiles import get_profile
 from d2v_lab.train import METRICS, TrainingStopped, batch_indices, heldout_loss, lr_at, make_optimizer, pretrain
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one intra-op thread is faster, and immune to OpenMP spinning on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny(modality: str, *extra: str):
     """The ci profile shrunk to a few steps on the fake data; dropout and stochastic depth on, so
     resumption must also reproduce the global RNG stream."""

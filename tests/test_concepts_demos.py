@@ -1,0 +1,155 @@
+"""Concept words (matching and masking), the EMA-teacher demos, the per-block target statistics, and
+the tour's report / summary table built from a hand-made summary."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from d2v_lab.checkpoint import build_model
+from d2v_lab.concepts import CONCEPT_WORDS, concept_pattern, concepts_in, mask_concept
+from d2v_lab.demos import demo_config, layer_target_stats, teacher_dynamics
+from d2v_lab.inputs import pretraining_data
+from d2v_lab.profiles import get_profile
+from d2v_lab.tour import render_report, summary_table
+
+
+# --- concepts -----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text,concept", [
+    ("Puppies", "dog"), ("cats", "cat"), ("boat", "ship"), ("The KITTEN slept", "cat"), ("two ponies", "horse"),
+    ("an aeroplane!", "airplane"), ("Cars.", "automobile"), ("deer", "deer"), ("(frogs)", "frog"),
+    ("the dog's ball", "dog"), ("cat-like", "cat"),
+])
+def test_concept_pattern_matches_forms_whole_word_any_case(text, concept):
+    assert concept_pattern(concept).search(text)
+
+
+@pytest.mark.parametrize("text,concept", [
+    ("catalog", "cat"), ("dogma", "dog"), ("carpet", "automobile"), ("scatter", "cat"), ("shipment", "ship"),
+    ("boats2", "ship"), ("birdcage", "bird"), ("planet", "airplane"), ("deers", "deer"),
+])
+def test_concept_pattern_ignores_substrings(text, concept):
+    assert not concept_pattern(concept).search(text)
+
+
+def test_concepts_in_lists_every_mentioned_concept_in_canonical_order():
+    assert concepts_in("A boat, two Cats and a puppy.") == ["cat", "dog", "ship"]
+    assert concepts_in("The catalog of dogmas is on the carpet.") == []
+    assert concepts_in("one cat", ("one", "cat", "two")) == ["one", "cat"]
+    assert list(CONCEPT_WORDS)[:3] == ["airplane", "automobile", "bird"]
+
+
+def test_mask_concept_removes_every_mention_and_the_space_before_it():
+    text = "Cat naps. The cat saw two CATS and a kitten, then a dog."
+    masked = mask_concept(text, "cat")
+    assert masked == "[MASK] naps. The[MASK] saw two[MASK] and a[MASK], then a dog."
+    assert not concept_pattern("cat").search(masked)
+    assert concept_pattern("dog").search(masked)                       # other concepts are left alone
+    assert mask_concept("The catalog is here.", "cat") == "The catalog is here."
+    assert mask_concept("two puppies", "dog", mask_token="<m>") == "two<m>"
+
+
+# --- demos --------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def image_data(fake_root):
+    return pretraining_data(demo_config("image", steps=5), fake_root, progress=False)
+
+
+def test_teacher_dynamics_frozen_and_copying_teachers(image_data):
+    frozen = teacher_dynamics("image", tau=1.0, steps=5, data=image_data)
+    copying = teacher_dynamics("image", tau=0.0, steps=5, data=image_data)
+    for run, tau in ((frozen, 1.0), (copying, 0.0)):
+        assert run["tau"] == tau and run["modality"] == "image"
+        assert run["step"] == [1, 2, 3, 4, 5]
+        assert all(len(run[k]) == 5 for k in ("loss", "target_std", "target_drift"))
+        assert math.isnan(run["target_drift"][0])                       # nothing to compare the first with
+        assert all(math.isfinite(v) for v in run["loss"] + run["target_std"])
+    assert frozen["target_drift"][1:] == [0.0] * 4                     # tau = 1: the teacher never moves
+    assert len(set(frozen["target_std"])) == 1
+    assert all(d > 0 for d in copying["target_drift"][1:])              # tau = 0: it jumps every update
+    assert len(set(copying["target_std"])) > 1
+
+
+def test_demo_config_constant_tau_and_no_collapse_guard():
+    cfg = demo_config("text", tau=0.9, top_k=1, steps=7)
+    assert (cfg.d2v.tau0, cfg.d2v.tau_end, cfg.d2v.top_k) == (0.9, 0.9, 1)
+    assert cfg.train.steps == 7 and cfg.train.min_target_std == 0.0 and cfg.train.warmup_steps <= 7
+    assert cfg.encoder == get_profile("text", "ci").encoder
+
+
+def test_layer_target_stats_normalised_scale():
+    torch.manual_seed(0)
+    cfg = get_profile("image", "ci")
+    model = build_model(cfg)
+    x = torch.randint(0, 256, (8, 3, 32, 32), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    stats = layer_target_stats(model, x, "instance")
+    assert [s["block"] for s in stats] == list(range(1, cfg.encoder.depth + 1))
+    for s in stats:
+        assert s["normalised_std"] == pytest.approx(1.0, abs=0.05)
+        assert 0 < s["raw_std"] <= s["raw_rms"] * (1 + 1e-6) and s["raw_std"] < 0.5   # raw FFN outputs are small
+    none = layer_target_stats(model, x, "none")
+    assert all(s["normalised_std"] == pytest.approx(s["raw_std"]) for s in none)
+    with torch.no_grad():
+        ffn = model.teacher(x, return_layers=True).ffn
+    assert [s["raw_std"] for s in stats] == pytest.approx([float(a.std()) for a in ffn])
+
+
+# --- the tour's report ---------------------------------------------------------------------------
+
+def probe_entry(task, chance, linear, knn, sup, n_test, note="", extra=()):
+    return {"task": task, "n_test": n_test, "chance": chance, "note": note,
+            "linear": {"pretrained": linear[0], "random_init": linear[1], "raw_input": linear[2]},
+            "knn": {"pretrained": knn, "random_init": 0.0, "raw_input": 0.0},
+            "supervised": None if sup is None else {"accuracy": sup},
+            "selected": {"pretrained": {"layer": 2, "pool": "mean"}}, "extra_tasks": list(extra)}
+
+
+SUMMARY = {
+    "profile": "ci", "out": "/tmp/tour-out",
+    "pretraining": {"image": {"steps": 20, "version": 2, "encoder": "2 blocks x 64 dims",
+                              "heldout_loss_first": 1.2345, "heldout_loss_last": 0.5432,
+                              "target_std_last": 0.812, "min_target_std": 0.701, "samples_per_s": 123.4}},
+    "probes": {
+        "image": probe_entry("cifar10", 0.1, (0.417, 0.253, 0.306), 0.382, 0.559, 2000),
+        "audio": probe_entry("fsdd_digits", 0.1, (0.734, 0.512, 0.288), 0.645, None, 500, "test speaker unseen",
+                             extra=[probe_entry("speechcommands_words", 1 / 30, (0.071, 0.036, 0.012), 0.043,
+                                                0.089, 56, "only 6 clips per word")]),
+    },
+    "alignment": {"pairs": {
+        "image-text_word": {"n_pairs": 180, "concepts": {"cat": 90, "dog": 90},
+                            "verdict": {"text": ["shared space: NO: retrieval is 47.2%", "alignable: YES: 81.9%"]}},
+        "audio-image": {"pair": "audio-image", "skipped": "no concept has >= 5 samples"},
+    }},
+}
+
+
+def test_summary_table_has_every_accuracy_as_a_percentage():
+    table = summary_table(SUMMARY).splitlines()
+    assert len(table) == 2 + 3                                          # header, rule, one row per task
+    row = {line.split("|")[2].strip().split(" (")[0]: line for line in table[2:]}
+    assert set(row) == {"cifar10", "fsdd_digits", "speechcommands_words"}
+    for cell in ("10.0%", "**41.7%**", "25.3%", "30.6%", "55.9%", "38.2%", "n_test=2000"):
+        assert cell in row["cifar10"]
+    for cell in ("**73.4%**", "51.2%", "28.8%", "n/a", "64.5%"):
+        assert cell in row["fsdd_digits"]                               # no supervised run: n/a
+    for cell in ("3.3%", "**7.1%**", "3.6%", "1.2%", "8.9%", "4.3%"):
+        assert cell in row["speechcommands_words"]
+    assert row["cifar10"].startswith("| image |") and row["speechcommands_words"].startswith("| audio |")
+
+
+def test_render_report_quotes_the_numbers_and_the_verdicts():
+    report = render_report(SUMMARY)
+    assert report.startswith("# d2v_lab tour report (ci profile)")
+    assert summary_table(SUMMARY) in report
+    assert "- shared space: NO: retrieval is 47.2%" in report and "- alignable: YES: 81.9%" in report
+    assert "### image-text_word (180 concept pairs over 2 concepts)" in report
+    assert "Skipped: no concept has >= 5 samples" in report
+    assert "1.234 -> 0.543" in report and "0.812 / 0.701" in report
+    assert "- image: best layer 2 (mean pooling)" in report
+    assert "  - speechcommands_words: only 6 clips per word" in report
+    assert "## Time per stage" not in report                            # no timings in this summary
+    minimal = render_report({"profile": "cpu", "out": "x"})
+    assert "## Linear probes" not in minimal and "## Do the three modalities" not in minimal
