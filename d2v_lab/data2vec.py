@@ -71,6 +71,10 @@ class Data2VecConfig:
             raise ValueError(f"loss must be 'l2' or 'smooth_l1', got {self.loss!r}")
         if self.num_masks < 1:
             raise ValueError(f"num_masks must be >= 1, got {self.num_masks}")
+        if self.cls_loss > 0 and self.target_layer_norm == "instance" and self.target_final_norm == "none":
+            raise ValueError("cls_loss needs a final target norm: instance-normalised targets average to 0 "
+                             "in every channel, so the [CLS] target (their mean) would be constant. Set "
+                             "target_final_norm='layer' (as data2vec 2.0 does for images).")
 
 
 @dataclass

@@ -169,7 +169,7 @@ def probe_tasks(modality: str, cfg, tokenizer=None, root=None, max_train: int = 
         return [tasks.cifar_task(root, max_train=max_train or None)]
     if modality == "text":
         return [tasks.concept_task(tokenizer, cfg.data.seq_len, root)]
-    return [tasks.fsdd_task(root, progress), tasks.speech_commands_task(root, progress)]
+    return [tasks.fsdd_task(root, progress).limit_train(max_train), tasks.speech_commands_task(root, progress)]
 
 
 def run_probe(run_dir, root=None, probe_cfg=None, supervised: bool = True, progress: bool = True) -> dict:

@@ -6,6 +6,12 @@ normalised WITHOUT learned parameters before averaging, so no single layer domin
 instance norm over time for speech, layer norm over channels for text and vision (data2vec 1.0);
 instance norm for all modalities in data2vec 2.0. The average is normalised again where the recipe
 says so (data2vec 1.0 vision and 2.0 images: a final layer norm).
+
+A consequence worth knowing: instance norm subtracts each sample's per-channel mean over time, so
+instance-normalised targets carry no per-sample offset; only how tokens differ WITHIN a sample. What
+is constant across a whole utterance or story is not asked for by such targets, and their mean over
+tokens is exactly zero (which is why a [CLS] "mean target" needs the final layer norm). Layer norm
+per token keeps it.
 """
 from __future__ import annotations
 

@@ -11,6 +11,7 @@ Every task has train / val / test splits; the test split is scored, never fitted
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -40,6 +41,16 @@ class ProbeData:
 
     def n(self, split: str) -> int:
         return len(self.labels[split])
+
+    def limit_train(self, n: int, seed: int = 0) -> "ProbeData":
+        """The same task with a stratified subset of ``n`` training examples (val and test unchanged)."""
+        if not n or n >= self.n("train"):
+            return self
+        keep = np.sort(train_test_split(np.arange(self.n("train")), train_size=n, random_state=seed,
+                                        stratify=self.labels["train"])[0])
+        pick = lambda d: {**d, "train": d["train"][keep]}  # noqa: E731
+        return dataclasses.replace(self, inputs=pick(self.inputs), labels=pick(self.labels), raw=pick(self.raw),
+                                   note=(self.note + "; " if self.note else "") + f"training set limited to {n}")
 
 
 def _stratified_split(n: int, labels: np.ndarray, fraction: float, seed: int):

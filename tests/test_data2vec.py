@@ -302,7 +302,7 @@ def test_target_std_is_per_channel_std_over_masked_positions():
 
 @pytest.mark.parametrize("modality,version", [("image", 1), ("image", 2), ("audio", 2), ("text", 2)])
 def test_cls_token_regresses_the_mean_target_and_is_never_masked(modality, version):
-    model, x = make(modality, version, cls_loss=0.5), inputs(modality)
+    model, x = make(modality, version, cls_loss=0.5, target_final_norm="layer"), inputs(modality)
     ad = model.student.adapter
     assert ad.prefix == 1
     plain = {"image": 64, "audio": 50, "text": 15}[modality]        # maskable tokens
@@ -332,4 +332,13 @@ def test_cls_token_regresses_the_mean_target_and_is_never_masked(modality, versi
 def test_cls_loss_needs_a_cls_token():
     adapter = ImageAdapter(32, MaskConfig("inverse_block", 0.8), cls_token=False)
     with pytest.raises(ValueError, match="CLS"):
-        Data2Vec(adapter, Encoder(EncoderConfig(32, 2, 2)), Data2VecConfig(top_k=2, cls_loss=1.0, decoder_dim=32))
+        Data2Vec(adapter, Encoder(EncoderConfig(32, 2, 2)),
+                 Data2VecConfig(top_k=2, cls_loss=1.0, decoder_dim=32, target_final_norm="layer"))
+
+
+def test_cls_loss_refuses_a_constant_target():
+    """Instance norm makes every channel's mean over tokens 0: the mean target would be all zeros."""
+    with pytest.raises(ValueError, match="constant"):
+        Data2VecConfig(cls_loss=1.0, target_layer_norm="instance", target_final_norm="none")
+    y = torch.nn.functional.instance_norm(torch.randn(2, 8, 10)).transpose(1, 2)   # (B, T, D) targets
+    assert y.mean(dim=1).abs().max() < 1e-5
