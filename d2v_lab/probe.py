@@ -95,7 +95,7 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, n_classes: int, C: float = 1.
     return W.detach(), b.detach()
 
 
-def linear_probe(x_tr, y_tr, x_va, y_va, x_te, y_te, Cs=C_GRID, max_iter: int = 200) -> LinearFit:
+def linear_probe(x_tr, y_tr, x_va, y_va, x_te, y_te, Cs=C_GRID, max_iter: int = 100) -> LinearFit:
     """Standardise (train statistics) -> multinomial logistic regression. C is chosen by validation
     accuracy; the chosen C is refit on train + val and scored once on test."""
     x_tr, x_va, x_te = _standardise(x_tr, x_va, x_te)
