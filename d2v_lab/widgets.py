@@ -11,6 +11,13 @@ from .masking import MaskConfig, sample_mask, start_prob
 from .plots import plot_teacher_dynamics, show_image_mask, show_spectrogram_mask, show_text_mask
 
 
+def _show(fig) -> None:
+    """Display a figure inside the current Output widget and close it, so pyplot does not draw it
+    a second time at the end of the cell (plt.show takes no figure argument)."""
+    display(fig)
+    plt.close(fig)
+
+
 def draw_masks(samples: dict, image_kind: str = "block", ratio: float = 0.6, block: int = 3,
                span: int = 10, text_ratio: float = 0.15, seed: int = 0):
     """One figure with the three modalities masked. ``samples``: {"image": (3,32,32) uint8,
@@ -46,7 +53,7 @@ def masking_widget(samples: dict):
             out.clear_output(wait=True)
             fig, masks = draw_masks(samples, kind.value, ratio.value, block.value, span.value, text_ratio.value,
                                     seed.value)
-            plt.show(fig)
+            _show(fig)
         note.value = (f"asked {ratio.value:.0%}; achieved: image {masks['image'].float().mean():.1%}, audio "
                       f"{masks['audio'].float().mean():.1%}; text {masks['text'][1:].float().mean():.1%} of "
                       f"{len(masks['text']) - 1} tokens. In wav2vec's terms this audio ratio is a span start "
@@ -71,7 +78,7 @@ def ema_widget(run_fn, taus=(0.0, 0.9, 0.99, 0.999, 1.0), ks=(1, 2)):
             runs = [run_fn(tau.value, k.value)]
             if tau.value != 0.99:
                 runs.append(run_fn(0.99, k.value))
-            plt.show(plot_teacher_dynamics(runs))
+            _show(plot_teacher_dynamics(runs))
 
     tau.observe(redraw, names="value")
     k.observe(redraw, names="value")
