@@ -50,3 +50,14 @@ def resolve_precision(precision: str, device_type: str) -> str:
     if device_type == "cpu":
         return "bf16" if cpu_has_fast_bf16() else "fp32"
     return "fp32"
+
+
+def autocast_for(precision: str, device_type: str):
+    """A factory of the autocast context that ``precision`` resolves to on this device: bf16 autocast,
+    or a no-op for fp32. Call it per use (``with autocast_for(...)():``); contexts are single-use."""
+    import contextlib
+
+    import torch
+    if resolve_precision(precision, device_type) == "bf16":
+        return lambda: torch.autocast(device_type, dtype=torch.bfloat16)
+    return contextlib.nullcontext

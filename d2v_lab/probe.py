@@ -28,13 +28,9 @@ def layer_features(backbone, x: torch.Tensor, batch_size: int = 256, device="cpu
     (adapter output), layer l the output of block l. "mean" averages the non-padding content tokens
     (not [CLS]), or only the tokens where ``select`` (N, T) is True (e.g. one word's tokens); "cls"
     (models with a [CLS] token) is that token. ``precision``: "auto" runs the encoder in bf16 where that is native."""
-    from contextlib import nullcontext
-
-    from .perf import resolve_precision
+    from .perf import autocast_for
     backbone.eval().to(device)
-    device_type = torch.device(device).type
-    bf16 = resolve_precision(precision, device_type) == "bf16"
-    autocast = (lambda: torch.autocast(device_type, dtype=torch.bfloat16)) if bf16 else nullcontext
+    autocast = autocast_for(precision, torch.device(device).type)
     means, cls = [], []
     chunks = zip(x.split(batch_size), select.split(batch_size) if select is not None else [None] * len(x))
     for chunk, sel in chunks:

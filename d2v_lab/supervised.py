@@ -17,21 +17,23 @@ from tqdm.auto import tqdm
 
 from .checkpoint import build_model
 from .config import RunConfig
+from .perf import autocast_for
 from .tasks import ProbeData
 
 
-def _pooled(backbone, x: torch.Tensor) -> torch.Tensor:
-    """Mean of the final-layer tokens over non-padding positions."""
+def _pooled(backbone, x: torch.Tensor, autocast) -> torch.Tensor:
+    """Mean of the final-layer tokens over non-padding positions (fp32)."""
     pad = backbone.adapter.padding_mask(x)
-    h = backbone(x).x
+    with autocast():
+        h = backbone(x).x.float()
     keep = torch.ones(h.shape[:2], device=h.device) if pad is None else (~pad).float()
     return (h * keep[..., None]).sum(1) / keep.sum(1, keepdim=True)
 
 
 @torch.no_grad()
-def _accuracy(backbone, head, x, y, batch_size=256) -> float:
+def _accuracy(backbone, head, x, y, autocast, batch_size=256) -> float:
     backbone.eval()
-    preds = torch.cat([head(_pooled(backbone, c)).argmax(1) for c in x.split(batch_size)])
+    preds = torch.cat([head(_pooled(backbone, c, autocast)).argmax(1) for c in x.split(batch_size)])
     return float((preds.numpy() == y).mean())
 
 
@@ -45,6 +47,7 @@ def train_supervised(cfg: RunConfig, data: ProbeData, epochs: int = 5, batch_siz
     x, y = data.inputs["train"], torch.as_tensor(data.labels["train"])
     steps = epochs * max(1, len(x) // batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=0.1)
+    autocast = autocast_for(cfg.train.precision, "cpu")   # bf16 where native, like pretraining
     g = torch.Generator().manual_seed(seed)
     best = (-1.0, None, 0)
     tic = time.perf_counter()
@@ -54,17 +57,17 @@ def train_supervised(cfg: RunConfig, data: ProbeData, epochs: int = 5, batch_siz
         for i in range(max(1, len(x) // batch_size)):
             idx = perm[i * batch_size:(i + 1) * batch_size]
             xb = backbone.adapter.augment(x[idx], g)
-            loss = F.cross_entropy(head(_pooled(backbone, xb)), y[idx])
+            loss = F.cross_entropy(head(_pooled(backbone, xb, autocast)), y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             sched.step()
-        val = _accuracy(backbone, head, data.inputs["val"], data.labels["val"])
+        val = _accuracy(backbone, head, data.inputs["val"], data.labels["val"], autocast)
         if val > best[0]:
             best = (val, copy.deepcopy((backbone.state_dict(), head.state_dict())), epoch + 1)
     backbone.load_state_dict(best[1][0])
     head.load_state_dict(best[1][1])
-    return {"accuracy": _accuracy(backbone, head, data.inputs["test"], data.labels["test"]),
+    return {"accuracy": _accuracy(backbone, head, data.inputs["test"], data.labels["test"], autocast),
             "val_accuracy": best[0], "best_epoch": best[2], "epochs": epochs,
             "seconds": round(time.perf_counter() - tic, 1), "n_train": int(len(np.asarray(y)))}

@@ -26,7 +26,14 @@ import torch
 from tqdm.auto import tqdm
 
 from . import perf
-from .checkpoint import CHECKPOINT, TOKENIZER, build_model, check_compatible, read_checkpoint, save_checkpoint
+from .checkpoint import (
+    CHECKPOINT,
+    TOKENIZER,
+    build_model,
+    check_compatible,
+    read_checkpoint,
+    save_checkpoint,
+)
 from .config import RunConfig
 from .data2vec import Data2Vec, Data2VecOutput
 from .ema import tau_at
@@ -190,8 +197,7 @@ def pretrain(cfg: RunConfig, out_dir: str | Path, resume: bool = False, data: Pr
 def _train_steps(model, optimizer, cfg, data, device, start, end, history, ckpt_path, metrics_path, progress,
                  callback):
     t = cfg.train
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) \
-        if perf.resolve_precision(t.precision, device.type) == "bf16" else contextlib.nullcontext
+    autocast = perf.autocast_for(t.precision, device.type)
     params = [p for group in optimizer.param_groups for p in group["params"]]
     bar = tqdm(range(start, end), initial=start, total=t.steps, desc=f"pretrain {cfg.modality}",
                disable=not progress, dynamic_ncols=True)
