@@ -3,6 +3,7 @@ figure) with labelled axes and units, and returns the Figure; ``path`` saves it 
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -93,7 +94,9 @@ def umap_2d(x: np.ndarray, n_neighbors: int = 15, seed: int = 0) -> np.ndarray:
     knn = (idx, np.take_along_axis(dist, idx, axis=1).clip(min=0), None)
     reducer = umap.UMAP(n_neighbors=n_neighbors, metric="cosine", precomputed_knn=knn, random_state=seed,
                         n_jobs=1)
-    return reducer.fit_transform(x)
+    with warnings.catch_warnings():  # "no NNDescent index, transform() unavailable": we never transform
+        warnings.filterwarnings("ignore", message=r"precomputed_knn\[2\]", category=UserWarning)
+        return reducer.fit_transform(x)
 
 
 def plot_modalities_2d(points: dict[str, tuple[np.ndarray, np.ndarray]], title: str, ax=None, path=None):
