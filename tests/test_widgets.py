@@ -84,3 +84,51 @@ def test_ema_widget_reruns_with_the_chosen_tau_and_k(monkeypatch):
 
 def test_masked_text_keeps_spacing():
     assert masked_text(["[CLS]", "Ġthe", "Ġdog", "Ġbarked"], np.array([0, 0, 1, 0])) == "[CLS] the [___] barked"
+
+
+def test_slider_moved_by_a_frontend_redraws_in_a_real_kernel():
+    """What JupyterLab does, at the protocol level: a real kernel builds the widget, the 'frontend'
+    sends a comm update for the mask-ratio slider, and the kernel answers with a new figure
+    (display_data image/png routed to the Output widget) and the new achieved ratio in the note."""
+    from jupyter_client.manager import start_new_kernel
+
+    km, kc = start_new_kernel(kernel_name="python3")
+    try:
+        def run_and_collect(send):
+            msg_id = send()
+            msgs = []
+            while True:
+                m = kc.get_iopub_msg(timeout=120)
+                msgs.append(m)
+                if (m["parent_header"].get("msg_id") == msg_id and m["msg_type"] == "status"
+                        and m["content"]["execution_state"] == "idle"):
+                    return msgs
+
+        code = ("import matplotlib, numpy as np, torch\n"
+                "from d2v_lab import widgets\n"
+                "g = torch.Generator().manual_seed(0)\n"
+                "ids = torch.randint(5, 50, (40,), generator=g)\n"
+                "s = {'image': torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8, generator=g).numpy(),\n"
+                "     'audio': torch.randn(64, 100, generator=g), 'text': (ids, ['[CLS]'] + ['w'] * 39)}\n"
+                "widgets.masking_widget(s)\n")
+        built = run_and_collect(lambda: kc.execute(code))
+        errors = [m["content"] for m in built if m["msg_type"] == "error"]
+        assert not errors, errors
+        opened = {m["content"]["comm_id"]: m["content"]["data"]["state"] for m in built if m["msg_type"] == "comm_open"}
+        slider = next(c for c, s in opened.items() if s.get("description") == "mask ratio")
+        assert sum(m["msg_type"] == "display_data" and "image/png" in m["content"]["data"] for m in built) == 1
+
+        def move_slider():
+            msg = kc.session.msg("comm_msg", {"comm_id": slider, "data": {"method": "update", "state": {"value": 0.3},
+                                                                        "buffer_paths": []}})
+            kc.shell_channel.send(msg)
+            return msg["header"]["msg_id"]
+        moved = run_and_collect(move_slider)
+        figures = [m for m in moved if m["msg_type"] == "display_data" and "image/png" in m["content"]["data"]]
+        notes = [m["content"]["data"]["state"]["value"] for m in moved if m["msg_type"] == "comm_msg"
+                 and "asked" in str(m["content"]["data"].get("state", {}).get("value", ""))]
+        assert len(figures) == 1, "moving the slider must draw one new figure"
+        assert notes and "asked 30%" in notes[-1] and "image 29.7%" in notes[-1]
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
