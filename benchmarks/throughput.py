@@ -96,5 +96,6 @@ def main() -> None:
                       f"{r['flops_per_step'] / 1e9:>12.1f}{r['flop_per_s'] / 1e9:>9.1f}"
                       f"{r['flop_per_s'] / peaks[prec]:>7.1%}", flush=True)
 
+
 if __name__ == "__main__":
     main()

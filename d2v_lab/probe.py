@@ -179,19 +179,21 @@ def run_probe(run_dir, root=None, probe_cfg=None, supervised: bool = True, progr
     from .plots import plot_probe
     from .profiles import PROBES
     from .supervised import train_supervised
+    from .train import pick_device
 
     run_dir = Path(run_dir)
     model, cfg, tok = load_run(run_dir)
+    device = pick_device(cfg.train.device)       # the run's device: a gpu-profile model is probed on the GPU
     probe_cfg = probe_cfg or PROBES[cfg.profile]
     torch.manual_seed(cfg.train.seed)
     random_model = build_model(cfg).eval()  # same architecture, never trained
     results = []
     for data in probe_tasks(cfg.modality, cfg, tok, root, probe_cfg.max_train, progress):
-        pre = probe_model(model, data, probe_cfg.knn_k, progress=progress)
-        rnd = probe_model(random_model, data, probe_cfg.knn_k, progress=progress)
+        pre = probe_model(model, data, probe_cfg.knn_k, device=device, progress=progress)
+        rnd = probe_model(random_model, data, probe_cfg.knn_k, device=device, progress=progress)
         raw = probe_raw(data.raw, data.labels, probe_cfg.knn_k)
         epochs = probe_cfg.supervised_epochs.get(cfg.modality, 0) if supervised else 0
-        sup = train_supervised(cfg, data, epochs, progress=progress) if epochs else None
+        sup = train_supervised(cfg, data, epochs, device=device, progress=progress) if epochs else None
         pool = pre["selected"]["pool"]
         per_layer = [{"layer": r["layer"], "pretrained": r["test"], "pretrained_val": r["val"],
                       "random_init": q["test"], "random_init_val": q["val"]}

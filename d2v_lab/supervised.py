@@ -33,21 +33,23 @@ def _pooled(backbone, x: torch.Tensor, autocast) -> torch.Tensor:
 @torch.no_grad()
 def _accuracy(backbone, head, x, y, autocast, batch_size=256) -> float:
     backbone.eval()
-    preds = torch.cat([head(_pooled(backbone, c, autocast)).argmax(1) for c in x.split(batch_size)])
+    device = next(head.parameters()).device
+    preds = torch.cat([head(_pooled(backbone, c.to(device), autocast)).argmax(1).cpu() for c in x.split(batch_size)])
     return float((preds.numpy() == y).mean())
 
 
 def train_supervised(cfg: RunConfig, data: ProbeData, epochs: int = 5, batch_size: int = 64,
-                     lr: float = 1e-3, seed: int = 0, progress: bool = True) -> dict:
+                     lr: float = 1e-3, seed: int = 0, device="cpu", progress: bool = True) -> dict:
     torch.manual_seed(seed)
-    backbone = build_model(cfg).student
-    head = nn.Linear(cfg.encoder.dim, len(data.classes))
+    device = torch.device(device)
+    backbone = build_model(cfg).student.to(device)
+    head = nn.Linear(cfg.encoder.dim, len(data.classes)).to(device)
     params = list(backbone.parameters()) + list(head.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.05)
     x, y = data.inputs["train"], torch.as_tensor(data.labels["train"])
     steps = epochs * max(1, len(x) // batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=0.1)
-    autocast = autocast_for(cfg.train.precision, "cpu")   # bf16 where native, like pretraining
+    autocast = autocast_for(cfg.train.precision, device.type)   # bf16 where native, like pretraining
     g = torch.Generator().manual_seed(seed)
     best = (-1.0, None, 0)
     tic = time.perf_counter()
@@ -56,8 +58,8 @@ def train_supervised(cfg: RunConfig, data: ProbeData, epochs: int = 5, batch_siz
         perm = torch.randperm(len(x), generator=g)
         for i in range(max(1, len(x) // batch_size)):
             idx = perm[i * batch_size:(i + 1) * batch_size]
-            xb = backbone.adapter.augment(x[idx], g)
-            loss = F.cross_entropy(head(_pooled(backbone, xb, autocast)), y[idx])
+            xb = backbone.adapter.augment(x[idx], g).to(device)
+            loss = F.cross_entropy(head(_pooled(backbone, xb, autocast)), y[idx].to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
