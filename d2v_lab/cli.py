@@ -71,7 +71,8 @@ def cmd_pretrain(args) -> int:
 def cmd_probe(args) -> int:
     from .probe import run_probe
 
-    result = run_probe(args.checkpoint, supervised=not args.no_supervised, progress=not args.json)
+    result = run_probe(args.checkpoint, supervised=not args.no_supervised, progress=not args.json,
+                       supervised_epochs=args.supervised_epochs)
     if args.json:
         print(json.dumps(result))
         return 0
@@ -151,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--checkpoint", required=True, help="a pretraining run folder (holds checkpoint.pt)")
     probe.add_argument("--json", action="store_true", help="print one JSON object")
     probe.add_argument("--no-supervised", action="store_true", help="skip the supervised reference model")
+    probe.add_argument("--supervised-epochs", type=int, default=None, metavar="N",
+                       help="train the supervised reference for N epochs instead of the profile's "
+                            "(the tour then re-probes with the profile's)")
     probe.set_defaults(func=cmd_probe)
 
     align = sub.add_parser("align", help="are the three modalities' latent spaces aligned? numbers + nulls")

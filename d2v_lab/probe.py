@@ -168,8 +168,11 @@ def probe_tasks(modality: str, cfg, tokenizer=None, root=None, max_train: int = 
     return [tasks.fsdd_task(root, progress).limit_train(max_train), tasks.speech_commands_task(root, progress)]
 
 
-def run_probe(run_dir, root=None, probe_cfg=None, supervised: bool = True, progress: bool = True) -> dict:
-    """Probe a pretraining run against its baselines; write probe.json and probe.png into run_dir."""
+def run_probe(run_dir, root=None, probe_cfg=None, supervised: bool = True, progress: bool = True,
+              supervised_epochs: int | None = None) -> dict:
+    """Probe a pretraining run against its baselines; write probe.json and probe.png into run_dir.
+    ``supervised_epochs`` overrides the profile's epochs for the supervised reference (e.g. to see
+    what the same architecture reaches with labels and more training); ``supervised=False`` skips it."""
     import dataclasses
     import json
     from pathlib import Path
@@ -181,6 +184,8 @@ def run_probe(run_dir, root=None, probe_cfg=None, supervised: bool = True, progr
     from .supervised import train_supervised
     from .train import pick_device
 
+    if supervised_epochs is not None and supervised_epochs < 0:
+        raise ValueError(f"supervised_epochs must be >= 0, got {supervised_epochs}")
     run_dir = Path(run_dir)
     model, cfg, tok = load_run(run_dir)
     device = pick_device(cfg.train.device)       # the run's device: a gpu-profile model is probed on the GPU
@@ -192,7 +197,8 @@ def run_probe(run_dir, root=None, probe_cfg=None, supervised: bool = True, progr
         pre = probe_model(model, data, probe_cfg.knn_k, device=device, progress=progress)
         rnd = probe_model(random_model, data, probe_cfg.knn_k, device=device, progress=progress)
         raw = probe_raw(data.raw, data.labels, probe_cfg.knn_k)
-        epochs = probe_cfg.supervised_epochs.get(cfg.modality, 0) if supervised else 0
+        epochs = (probe_cfg.supervised_epochs.get(cfg.modality, 0) if supervised_epochs is None
+                  else supervised_epochs) if supervised else 0
         sup = train_supervised(cfg, data, epochs, device=device, progress=progress) if epochs else None
         pool = pre["selected"]["pool"]
         per_layer = [{"layer": r["layer"], "pretrained": r["test"], "pretrained_val": r["val"],
@@ -219,17 +225,22 @@ def run_probe(run_dir, root=None, probe_cfg=None, supervised: bool = True, progr
 
 def cached_probe(run_dir, root=None, progress: bool = True, log=print) -> dict:
     """probe.json of a run when it is newer than the checkpoint it measured and was made the same way
-    (with the supervised reference, on the same data root), else a fresh run_probe."""
+    (the supervised reference trained for the profile's epochs, on the same data root), else a fresh
+    run_probe."""
     import json
     from pathlib import Path
 
     from .checkpoint import CHECKPOINT
     from .data.root import data_root
+    from .profiles import PROBES
     run_dir = Path(run_dir)
     cached = run_dir / "probe.json"
     if cached.is_file() and cached.stat().st_mtime >= (run_dir / CHECKPOINT).stat().st_mtime:
         result = json.loads(cached.read_text())
-        if result.get("with_supervised") and result.get("data_root") == str(data_root(root)):
+        run = json.loads((run_dir / "config.json").read_text())
+        wanted = PROBES[run["profile"]].supervised_epochs.get(run["modality"], 0)
+        made = (result.get("supervised") or {}).get("epochs", 0)
+        if made == wanted and result.get("data_root") == str(data_root(root)):
             log(f"reusing {cached} (newer than its checkpoint)")
             return result
     return run_probe(run_dir, root, progress=progress)

@@ -490,11 +490,25 @@ def test_cli_probe_json_prints_one_object(image_run, capsys, monkeypatch):
     assert json.loads((run / "probe.json").read_text())["supervised"] is None
 
 
+def test_cli_probe_supervised_epochs_overrides_the_profile(image_run, capsys, monkeypatch):
+    run, root, _, r, _ = image_run
+    monkeypatch.setenv("D2V_LAB_DATA", str(root))
+    assert PROBES["ci"].supervised_epochs["image"] != 2
+    assert main(["probe", "--checkpoint", str(run), "--json", "--supervised-epochs", "2"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["supervised"]["epochs"] == 2 and out["supervised"]["n_train"] == 180
+    assert out["linear"] == pytest.approx(r["linear"])
+    with pytest.raises(ValueError, match="supervised_epochs"):
+        run_probe(run, root, supervised_epochs=-1, progress=False)
+
+
 def test_cached_probe_reuses_only_when_newer_than_checkpoint(tmp_path, monkeypatch):
     run = tmp_path / "run"
     run.mkdir()
     (run / CHECKPOINT).write_bytes(b"weights")
-    cached = {"cached": True, "with_supervised": True, "data_root": str(data_root())}
+    (run / "config.json").write_text(json.dumps({"modality": "image", "profile": "ci"}))
+    epochs = PROBES["ci"].supervised_epochs["image"]
+    cached = {"cached": True, "supervised": {"epochs": epochs}, "data_root": str(data_root())}
     (run / "probe.json").write_text(json.dumps(cached))
     calls = []
     monkeypatch.setattr(probe_mod, "run_probe", lambda d, root=None, **kw: calls.append(Path(d)) or {"fresh": True})
@@ -508,7 +522,10 @@ def test_cached_probe_reuses_only_when_newer_than_checkpoint(tmp_path, monkeypat
     assert probe_mod.cached_probe(run, log=logs.append) == cached and calls == []
     os.utime(run / CHECKPOINT, (t + 20, t + 20))                       # retrained after the probe
     assert probe_mod.cached_probe(run, log=logs.append) == {"fresh": True} and calls == [run]
-    # a probe made without the supervised reference (probe --no-supervised) is not reused by the tour
-    (run / "probe.json").write_text(json.dumps({**cached, "with_supervised": False}))
-    os.utime(run / "probe.json", (t + 30, t + 30))
-    assert probe_mod.cached_probe(run, log=logs.append) == {"fresh": True} and calls == [run, run]
+    # a probe made without the supervised reference (probe --no-supervised), or with other epochs
+    # (probe --supervised-epochs), is not reused by the tour
+    for other in (None, {"epochs": epochs + 1}):
+        (run / "probe.json").write_text(json.dumps({**cached, "supervised": other}))
+        os.utime(run / "probe.json", (t + 30, t + 30))
+        calls.clear()
+        assert probe_mod.cached_probe(run, log=logs.append) == {"fresh": True} and calls == [run]
