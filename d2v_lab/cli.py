@@ -151,8 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     probe = sub.add_parser("probe", help="linear and k-NN probes of a pretrained model against baselines")
     probe.add_argument("--checkpoint", required=True, help="a pretraining run folder (holds checkpoint.pt)")
     probe.add_argument("--json", action="store_true", help="print one JSON object")
-    probe.add_argument("--no-supervised", action="store_true", help="skip the supervised reference model")
-    probe.add_argument("--supervised-epochs", type=int, default=None, metavar="N",
+    reference = probe.add_mutually_exclusive_group()
+    reference.add_argument("--no-supervised", action="store_true", help="skip the supervised reference model")
+    reference.add_argument("--supervised-epochs", type=int, default=None, metavar="N",
                        help="train the supervised reference for N epochs instead of the profile's "
                             "(the tour then re-probes with the profile's)")
     probe.set_defaults(func=cmd_probe)

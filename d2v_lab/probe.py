@@ -217,7 +217,7 @@ def run_probe(run_dir, root=None, probe_cfg=None, supervised: bool = True, progr
             "per_layer": per_layer, "pool": pool, "note": data.note, "counts": data.counts,
         })
     out = {**results[0], "extra_tasks": results[1:], "probe_config": dataclasses.asdict(probe_cfg),
-           "with_supervised": supervised, "data_root": str(data_root(root))}
+           "data_root": str(data_root(root))}
     (run_dir / "probe.json").write_text(json.dumps(out, indent=2))
     plot_probe(out, run_dir / "probe.png")
     return out

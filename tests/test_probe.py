@@ -500,6 +500,10 @@ def test_cli_probe_supervised_epochs_overrides_the_profile(image_run, capsys, mo
     assert out["linear"] == pytest.approx(r["linear"])
     with pytest.raises(ValueError, match="supervised_epochs"):
         run_probe(run, root, supervised_epochs=-1, progress=False)
+    assert main(["probe", "--checkpoint", str(run), "--supervised-epochs", "-1"]) == 2
+    assert "supervised_epochs must be >= 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):      # argparse: the two flags contradict each other
+        main(["probe", "--checkpoint", str(run), "--no-supervised", "--supervised-epochs", "2"])
 
 
 def test_cached_probe_reuses_only_when_newer_than_checkpoint(tmp_path, monkeypatch):
