@@ -37,7 +37,8 @@ def build_model(cfg: RunConfig) -> Data2Vec:
     elif cfg.modality == "text":  # text always starts with its [CLS] input token
         adapter = TextAdapter(dim, cfg.mask, cfg.data.vocab_size, cfg.data.seq_len)
     else:
-        adapter = AudioAdapter(dim, cfg.mask, cls_token=cls)
+        adapter = AudioAdapter(dim, cfg.mask, cls_token=cls, freq_warp=cfg.data.freq_warp,
+                               time_stretch=cfg.data.time_stretch)
     return Data2Vec(adapter, Encoder(cfg.encoder), cfg.d2v)
 
 

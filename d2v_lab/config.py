@@ -22,7 +22,14 @@ class DataConfig:
     seq_len: int = 128           # text: tokens per pretraining window ([CLS] + 127)
     max_stories: int = 200_000   # text: cap on training stories (the full V1 file has 2.1M)
     use_fsdd: bool = True        # audio: add FSDD's training speakers to Speech Commands
+    freq_warp: float = 0.0       # audio: stretch the mel axis by a random factor in [1-w, 1+w] (a new voice)
+    time_stretch: float = 0.0    # audio: stretch the time axis by a random factor in [1-s, 1+s] (speed)
     max_examples: int = 0        # any modality: use only the first N training examples (0 = all)
+
+    def __post_init__(self):
+        for name in ("freq_warp", "time_stretch"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"data.{name} must be in [0, 1), got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)

@@ -156,14 +156,22 @@ class TextAdapter(Adapter):
 
 class AudioAdapter(Adapter):
     """Log-mel frames -> tokens. Each clip is standardised on its own (mean and std over all bins and
-    frames), which removes recording gain; then every ``patch`` frames (64 mels each) become one token."""
+    frames), which removes recording gain; then every ``patch`` frames (64 mels each) become one token.
+
+    ``freq_warp`` / ``time_stretch`` > 0 make training see more voices than the few speakers of the
+    data: each clip's mel axis is scaled by a random factor in [1 - w, 1 + w] (vocal tract length
+    perturbation, Jaitly & Hinton 2013) and its time axis by one in [1 - s, 1 + s] (speed
+    perturbation, Ko et al. 2015)."""
     modality = "audio"
 
     def __init__(self, dim: int, mask: MaskConfig, cls_token: bool = False, n_mels: int = 64, n_frames: int = 100,
-                 patch: int = 2):
+                 patch: int = 2, freq_warp: float = 0.0, time_stretch: float = 0.0):
         super().__init__(dim, mask, cls_token)
         if n_frames % patch:
             raise ValueError(f"patch {patch} does not tile {n_frames} frames")
+        if not (0 <= freq_warp < 1 and 0 <= time_stretch < 1):
+            raise ValueError(f"freq_warp and time_stretch must be in [0, 1), got {freq_warp}, {time_stretch}")
+        self.freq_warp, self.time_stretch = freq_warp, time_stretch
         self.num_tokens, self.patch = self.prefix + n_frames // patch, patch
         self.proj = nn.Linear(n_mels * patch, dim)
         self.norm = nn.LayerNorm(dim)
@@ -178,11 +186,32 @@ class AudioAdapter(Adapter):
         return self.norm(self.proj(frames.to(self.proj.weight.dtype)))
 
     def augment(self, x: torch.Tensor, generator=None, max_shift: int = 10) -> torch.Tensor:
-        """Random time shift by up to ``max_shift`` frames (100 ms), filling with the clip's minimum
-        (silence), so the word does not always start at frame 0."""
+        """Random time shift by up to ``max_shift`` frames (100 ms), so the word does not always start
+        at frame 0; then the random mel-axis warp and time stretch. Uncovered cells get the clip's
+        minimum (silence)."""
         B, _, F = x.shape
         shift = torch.randint(0, max_shift + 1, (B,), generator=generator)
         idx = (torch.arange(F)[None, :] - shift[:, None])                     # (B, F) source frame
         floor = x.amin(dim=(1, 2), keepdim=True)
         out = x.gather(2, idx.clamp(min=0)[:, None, :].expand_as(x))
-        return torch.where((idx >= 0)[:, None, :], out, floor)
+        out = torch.where((idx >= 0)[:, None, :], out, floor)
+        if not (self.freq_warp or self.time_stretch):
+            return out
+        time_scale, mel_scale = 1 + (2 * torch.rand(2, B, generator=generator) - 1) * torch.tensor(
+            [[self.time_stretch], [self.freq_warp]])
+        return scale_axes(out, time_scale, mel_scale)
+
+
+def scale_axes(x: torch.Tensor, time_scale: torch.Tensor, mel_scale: torch.Tensor) -> torch.Tensor:
+    """(B, M, F) spectrograms -> output cell (mel m, frame t) = x at (m * mel_scale, t * time_scale),
+    bilinearly interpolated, per clip. Both axes are scaled about their origin (lowest band, clip start):
+    a factor < 1 stretches an axis (a slower word; formants moved up, a shorter vocal tract), > 1
+    compresses it. Cells that read beyond the input get the clip's minimum (silence)."""
+    B, M, F = x.shape
+    floor = x.amin(dim=(1, 2), keepdim=True)
+    theta = torch.zeros(B, 2, 3)  # affine_grid's coordinates run from -1 to 1: origin -1 stays at -1
+    theta[:, 0, 0], theta[:, 0, 2] = time_scale, time_scale - 1
+    theta[:, 1, 1], theta[:, 1, 2] = mel_scale, mel_scale - 1
+    grid = nn.functional.affine_grid(theta, [B, 1, M, F], align_corners=True)
+    scaled = nn.functional.grid_sample((x - floor).float()[:, None], grid, align_corners=True)[:, 0]
+    return (scaled + floor).to(x.dtype)
