@@ -68,10 +68,12 @@ def read_checkpoint(path: Path, map_location="cpu") -> dict:
 
 
 def check_compatible(state: dict, cfg: RunConfig, path: Path) -> None:
-    """Refuse to continue a checkpoint with another modality or a config that changes the run."""
+    """Refuse to continue a checkpoint with another modality or a config that changes the run. A
+    setting added after the checkpoint was made takes its default, which is what the code did before."""
     if state["modality"] != cfg.modality:
         raise CheckpointError(f"{path} is a {state['modality']} checkpoint; cannot resume it as {cfg.modality}")
-    diff = [d for d in config_diff(state["config"], cfg.to_dict())
+    saved = RunConfig.from_dict(state["config"]).to_dict()
+    diff = [d for d in config_diff(saved, cfg.to_dict())
             if not d.startswith(RESUMABLE_CHANGES) and not d.startswith("profile")]
     if diff:
         raise CheckpointError(f"{path} was made with a different config; resuming would not continue the "

@@ -158,6 +158,19 @@ def test_checkpoint_refused_for_changed_config_names_the_key(fake_root, tmp_path
     assert res.step == 6 and read_checkpoint(tmp_path / CHECKPOINT)["step"] == 6
 
 
+def test_checkpoint_from_before_a_new_setting_is_read_with_its_default(fake_root, tmp_path):
+    # audio augmentation settings were added later: a checkpoint without them is a run without them
+    cfg = tiny("audio", "data.freq_warp=0", "data.time_stretch=0")
+    pretrain(cfg, tmp_path, progress=False, stop_after=3)
+    state = read_checkpoint(tmp_path / CHECKPOINT)
+    for key in ("freq_warp", "time_stretch"):
+        del state["config"]["data"][key]
+    torch.save(state, tmp_path / CHECKPOINT)
+    assert pretrain(cfg, tmp_path, resume=True, progress=False).step == 6
+    with pytest.raises(CheckpointError, match=r"data\.freq_warp: 0\.0 != 0\.1"):
+        pretrain(cfg.with_overrides(["data.freq_warp=0.1"]), tmp_path, resume=True, progress=False)
+
+
 def test_existing_checkpoint_without_resume_raises(fake_root, tmp_path):
     cfg, out = get_profile("audio", "ci"), run_dir(tmp_path)
     save_checkpoint(out / CHECKPOINT, cfg, 1, build_model(cfg))
