@@ -6,7 +6,8 @@ with its mean and spread next to the random-init and raw-input baselines.
     python benchmarks/recipe_seeds.py --modality audio --seeds 0 1 2 --out runs/seeds/audio_plain \\
         --set data.freq_warp=0 --set data.time_stretch=0
 
-Finished runs in ``OUT/seed<N>`` are reused, so a second call only adds the missing seeds. At 300
+Finished runs in ``OUT/seed<N>`` are reused, so a second call only adds the missing seeds; each gets
+its ``probe.json`` (``d2v-lab probe --no-supervised``), and ``OUT/seeds.json`` the summary. At 300
 cpu-profile steps the unseen-speaker FSDD probe moves by several points from seed to seed: compare
 recipes by their means over seeds, not by one run each.
 """
@@ -19,10 +20,7 @@ import statistics
 import time
 from pathlib import Path
 
-import torch
-
-from d2v_lab.checkpoint import build_model, load_run
-from d2v_lab.probe import probe_model, probe_raw, probe_tasks
+from d2v_lab.probe import run_probe
 from d2v_lab.profiles import get_profile
 from d2v_lab.train import ensure_pretrained
 
@@ -37,33 +35,30 @@ def main() -> None:
     args = parser.parse_args()
     base = get_profile(args.modality, args.profile).with_overrides(args.overrides)
     out = Path(args.out)
-    rows, raw = [], None
+    rows = []
     for seed in args.seeds:
         cfg = dataclasses.replace(base, train=dataclasses.replace(base.train, seed=seed))
         tic = time.perf_counter()
         run = ensure_pretrained(cfg, out / f"seed{seed}", progress=False)
         train_s = time.perf_counter() - tic
-        model, cfg, tok = load_run(run)
-        data = probe_tasks(cfg.modality, cfg, tok, progress=False)[0]
-        torch.manual_seed(seed)           # the random-init baseline of this seed, as `d2v-lab probe` builds it
-        random_model = build_model(cfg).eval()
-        pre, rnd = probe_model(model, data, progress=False), probe_model(random_model, data, progress=False)
-        raw = raw or probe_raw(data.raw, data.labels)
-        rows.append({"seed": seed, "pretrained": pre["linear"], "random_init": rnd["linear"],
-                     "layer": pre["selected"]["layer"], "pretrain_s": round(train_s)})
+        probe = run_probe(run, supervised=False, progress=False)  # also writes the seed's probe.json
+        rows.append({"seed": seed, "pretrained": probe["linear"]["pretrained"],
+                     "random_init": probe["linear"]["random_init"],
+                     "layer": probe["selected"]["pretrained"]["layer"], "pretrain_s": round(train_s)})
         print(json.dumps(rows[-1]), flush=True)
-    (out / "seeds.json").write_text(json.dumps({"overrides": args.overrides, "task": data.task, "rows": rows,
-                                                "raw_input": raw["linear"]}, indent=2))
-    print(f"\n{args.modality} {data.task} (n_test={data.n('test')}), overrides: {args.overrides or 'none'}")
+    raw = probe["linear"]["raw_input"]  # the same input and labels for every seed
+    (out / "seeds.json").write_text(json.dumps({"overrides": args.overrides, "task": probe["task"], "rows": rows,
+                                                "raw_input": raw}, indent=2))
+    print(f"\n{args.modality} {probe['task']} (n_test={probe['n_test']}), overrides: {args.overrides or 'none'}")
     print(f"{'seed':>6}{'d2v':>8}{'random':>8}{'layer':>7}  pretraining")
     for r in rows:
         print(f"{r['seed']:>6}{r['pretrained']:>8.1%}{r['random_init']:>8.1%}{r['layer']:>7}  "
               f"{r['pretrain_s']} s (reused = ~0 s)")
     for key in ("pretrained", "random_init"):
         values = [r[key] for r in rows]
-        spread = statistics.stdev(values) if len(values) > 1 else float("nan")
-        print(f"{key:>12}: mean {statistics.mean(values):.1%}, sd over seeds {spread:.1%}")
-    print(f"{'raw_input':>12}: {raw['linear']:.1%}")
+        spread = f"{statistics.stdev(values):.1%}" if len(values) > 1 else "n/a (one seed)"
+        print(f"{key:>12}: mean {statistics.mean(values):.1%}, sd over seeds {spread}")
+    print(f"{'raw_input':>12}: {raw:.1%}")
 
 
 if __name__ == "__main__":

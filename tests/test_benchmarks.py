@@ -7,6 +7,8 @@ import runpy
 import sys
 from pathlib import Path
 
+from builders import write_cifar
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
@@ -15,17 +17,23 @@ def run_script(name: str, args: list[str], monkeypatch) -> None:
     runpy.run_path(str(BENCHMARKS / name), run_name="__main__")
 
 
-def test_recipe_seeds_probes_every_seed_and_reuses_finished_runs(fake_root, tmp_path, monkeypatch, capsys):
-    args = ["--modality", "audio", "--profile", "ci", "--seeds", "0", "1", "--out", str(tmp_path / "seeds"),
+def test_recipe_seeds_probes_every_seed_and_reuses_finished_runs(tmp_path, monkeypatch, capsys):
+    root = tmp_path / "data"     # enough images for a stratified validation split and k-NN with k = 10
+    write_cifar(root, n_train_batches=2, per_batch=100, n_test=30)
+    monkeypatch.setenv("D2V_LAB_DATA", str(root))
+    args = ["--modality", "image", "--profile", "ci", "--seeds", "0", "1", "--out", str(tmp_path / "seeds"),
             "--set", "train.steps=2", "--set", "train.eval_every=0", "--set", "train.device=cpu"]
     run_script("recipe_seeds.py", args, monkeypatch)
     first = json.loads((tmp_path / "seeds" / "seeds.json").read_text())
-    assert [r["seed"] for r in first["rows"]] == [0, 1] and first["task"] == "fsdd_digits"
+    assert [r["seed"] for r in first["rows"]] == [0, 1] and first["task"] == "cifar10"
     assert first["overrides"] == ["train.steps=2", "train.eval_every=0", "train.device=cpu"]
     for r in first["rows"]:
         assert 0 <= r["pretrained"] <= 1 and 0 <= r["random_init"] <= 1
     configs = [json.loads((tmp_path / "seeds" / f"seed{s}" / "config.json").read_text()) for s in (0, 1)]
     assert [c["train"]["seed"] for c in configs] == [0, 1] and configs[0]["train"]["steps"] == 2
+    for s, r in zip((0, 1), first["rows"]):  # the summary row is that seed's probe
+        probe = json.loads((tmp_path / "seeds" / f"seed{s}" / "probe.json").read_text())
+        assert probe["linear"]["pretrained"] == r["pretrained"] and probe["linear"]["random_init"] == r["random_init"]
     out = capsys.readouterr().out
     assert "pretrained: mean" in out and "sd over seeds" in out
     run_script("recipe_seeds.py", args, monkeypatch)  # again: nothing retrained, the same numbers
