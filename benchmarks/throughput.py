@@ -20,6 +20,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from d2v_lab import perf
 from d2v_lab.checkpoint import build_model
 from d2v_lab.config import MODALITIES
+from d2v_lab.inputs import synthetic_batch
 from d2v_lab.profiles import get_profile
 
 
@@ -36,21 +37,11 @@ def _timed(fn) -> float:
     return time.perf_counter() - tic
 
 
-def fake_batch(cfg, batch: int) -> torch.Tensor:
-    if cfg.modality == "image":
-        return torch.randint(0, 256, (batch, 3, 32, 32), dtype=torch.uint8)
-    if cfg.modality == "audio":
-        return torch.randn(batch, 64, 100)
-    x = torch.randint(5, cfg.data.vocab_size, (batch, cfg.data.seq_len))
-    x[:, 0] = 2
-    return x
-
-
 def measure(cfg, steps: int, bf16: bool) -> dict:
     torch.manual_seed(0)
     model = build_model(cfg).train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    x = fake_batch(cfg, cfg.train.batch_size)
+    x = synthetic_batch(cfg, cfg.train.batch_size)
     g = torch.Generator().manual_seed(0)
 
     def step():

@@ -17,7 +17,7 @@ from .config import RunConfig
 from .data import ClipSet, LogMelConfig, load_cifar10, load_fsdd, load_speech_commands, load_stories, log_mel
 from .data.fsdd import find_fsdd
 from .data.root import DatasetNotFound
-from .data.tokenizer import CLS_ID, load_tokenizer, pack_windows
+from .data.tokenizer import CLS_ID, SPECIAL_TOKENS, load_tokenizer, pack_windows
 
 
 @dataclass
@@ -89,3 +89,15 @@ def example_samples(root=None, vocab_size: int = 1024, seq_len: int = 64, index:
             "text": (torch.tensor(ids), [tok.id_to_token(i) for i in ids]),
             "labels": {"image": cifar.classes[int(cifar.labels[index])],
                        "audio": clips.classes[int(clips.labels[index % len(clips)])]}}
+
+
+def synthetic_batch(cfg: RunConfig, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A random batch shaped like ``cfg``'s real input (uint8 images, log-mel-like audio, BPE ids
+    starting with [CLS]): for timing and checking the model without loading data."""
+    if cfg.modality == "image":
+        return torch.randint(0, 256, (batch, 3, 32, 32), dtype=torch.uint8, generator=generator)
+    if cfg.modality == "audio":
+        return torch.randn(batch, 64, 100, generator=generator)
+    x = torch.randint(len(SPECIAL_TOKENS), cfg.data.vocab_size, (batch, cfg.data.seq_len), generator=generator)
+    x[:, 0] = CLS_ID
+    return x

@@ -41,3 +41,14 @@ def build_targets(ffn_outputs: list[torch.Tensor], top_k: int, layer_norm: str =
         raise ValueError(f"top_k must be in [1, {len(ffn_outputs)}] (the encoder depth), got {top_k}")
     layers = [normalise(a.float(), layer_norm) for a in ffn_outputs[-top_k:]]
     return normalise(sum(layers) / top_k, final_norm)
+
+
+def position_share(targets: torch.Tensor) -> float:
+    """How much of (N, T, D) targets the token position alone explains: the R^2 of predicting each
+    target by its position's mean over the N samples, 1 - SS(y - mean_n y[:, t]) / SS(y - mean y),
+    pooled over channels. 0: position says nothing; 1: every sample gets the same target sequence.
+    A high share means the regression task is largely "where am I", not "what is here"."""
+    y = targets.float()
+    total = (y - y.mean(dim=(0, 1))).pow(2).sum()
+    within = (y - y.mean(dim=0)).pow(2).sum()
+    return float(1.0 - within / total)

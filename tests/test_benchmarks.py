@@ -40,3 +40,16 @@ def test_recipe_seeds_probes_every_seed_and_reuses_finished_runs(tmp_path, monke
     assert "reusing the finished checkpoint" in capsys.readouterr().out
     again = json.loads((tmp_path / "seeds" / "seeds.json").read_text())
     assert [r["pretrained"] for r in again["rows"]] == [r["pretrained"] for r in first["rows"]]
+
+
+def test_gpu_check_runs_on_the_cpu_and_reports_every_check(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "gpu_check.json"
+    run_script("gpu_check.py", ["--profile", "ci", "--device", "cpu", "--steps", "2", "--no-compile",
+                                "--modalities", "image", "audio", "--json", str(out)], monkeypatch)
+    report = json.loads(out.read_text())
+    assert [r["modality"] for r in report["rows"]] == ["image", "audio"]
+    for r in report["rows"]:
+        assert r["flash"] == "ok" and r["loss_finite"]   # the CPU has a flash-attention kernel too
+        assert r["loss_rel_diff"] < 0.02 and 0 < r["targets_rel_err"] < 0.05  # bf16 differs, a little
+        assert r["eager_ms"] > 0 and r["eager_samples_per_s"] > 0 and "compiled_ms" not in r
+    assert "on CPU" in capsys.readouterr().out

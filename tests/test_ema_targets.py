@@ -284,3 +284,15 @@ def test_targets_come_from_the_teacher_weights_not_the_student():
     assert torch.equal(model.targets(x), y)
     randomise(model.teacher, 8)
     assert not torch.allclose(model.targets(x), y)
+
+
+def test_position_share_on_constructed_targets():
+    from d2v_lab.targets import position_share
+    g = torch.Generator().manual_seed(0)
+    pattern = torch.randn(1, 50, 8, generator=g)
+    assert position_share(pattern.expand(30, -1, -1)) == pytest.approx(1.0)   # same sequence every time
+    noise = torch.randn(4000, 50, 8, generator=g)
+    assert position_share(noise) == pytest.approx(0.0, abs=0.01)              # position says nothing
+    half = (pattern / pattern.std() + noise) / 2 ** 0.5                     # equal variance in each part
+    assert position_share(half) == pytest.approx(0.5, abs=0.03)
+    assert position_share(noise + 5.0) == pytest.approx(position_share(noise))  # offsets do not count
