@@ -43,12 +43,13 @@ def build_targets(ffn_outputs: list[torch.Tensor], top_k: int, layer_norm: str =
     return normalise(sum(layers) / top_k, final_norm)
 
 
-def position_share(targets: torch.Tensor) -> float:
-    """How much of (N, T, D) targets the token position alone explains: the R^2 of predicting each
-    target by its position's mean over the N samples, 1 - SS(y - mean_n y[:, t]) / SS(y - mean y),
-    pooled over channels. 0: position says nothing; 1: every sample gets the same target sequence.
-    A high share means the regression task is largely "where am I", not "what is here"."""
+def variance_shares(targets: torch.Tensor) -> dict[str, float]:
+    """What (N, T, D) targets are made of, as R^2 shares of their variance (pooled over channels):
+    ``position``: explained by the token position alone (each position's mean over the N samples);
+    ``sample``: explained by the sample alone (each sample's mean over its T tokens): what is constant
+    across one image, utterance or story. Instance-normalised targets have ``sample`` = 0 by
+    construction. A high ``position`` share means the regression is largely "where am I"."""
     y = targets.float()
     total = (y - y.mean(dim=(0, 1))).pow(2).sum()
-    within = (y - y.mean(dim=0)).pow(2).sum()
-    return float(1.0 - within / total)
+    return {"position": float(1.0 - (y - y.mean(dim=0)).pow(2).sum() / total),
+            "sample": float(1.0 - (y - y.mean(dim=1, keepdim=True)).pow(2).sum() / total)}

@@ -286,13 +286,17 @@ def test_targets_come_from_the_teacher_weights_not_the_student():
     assert not torch.allclose(model.targets(x), y)
 
 
-def test_position_share_on_constructed_targets():
-    from d2v_lab.targets import position_share
+def test_variance_shares_on_constructed_targets():
+    from d2v_lab.targets import normalise, variance_shares
     g = torch.Generator().manual_seed(0)
     pattern = torch.randn(1, 50, 8, generator=g)
-    assert position_share(pattern.expand(30, -1, -1)) == pytest.approx(1.0)   # same sequence every time
+    assert variance_shares(pattern.expand(30, -1, -1))["position"] == pytest.approx(1.0)  # one sequence
     noise = torch.randn(4000, 50, 8, generator=g)
-    assert position_share(noise) == pytest.approx(0.0, abs=0.01)              # position says nothing
-    half = (pattern / pattern.std() + noise) / 2 ** 0.5                     # equal variance in each part
-    assert position_share(half) == pytest.approx(0.5, abs=0.03)
-    assert position_share(noise + 5.0) == pytest.approx(position_share(noise))  # offsets do not count
+    shares = variance_shares(noise)
+    assert shares["position"] == pytest.approx(0.0, abs=0.01) and shares["sample"] == pytest.approx(0.02, abs=0.01)
+    half = (pattern / pattern.std() + noise) / 2 ** 0.5                      # equal variance in each part
+    assert variance_shares(half)["position"] == pytest.approx(0.5, abs=0.03)
+    offsets = torch.randn(4000, 1, 8, generator=g)                           # one constant per sample
+    assert variance_shares(offsets + noise)["sample"] == pytest.approx(0.5, abs=0.03)
+    assert variance_shares(noise + 5.0) == pytest.approx(shares)             # a shared offset is not variance
+    assert variance_shares(normalise(offsets + noise, "instance"))["sample"] == pytest.approx(0.0, abs=1e-6)
