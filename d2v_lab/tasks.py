@@ -105,18 +105,17 @@ def speech_commands_task(root=None, progress: bool = True) -> ProbeData:
 def concept_windows(stories: list[str], tok: Tokenizer, seq_len: int, concepts=tuple(CONCEPT_WORDS)):
     """Stories that mention exactly one concept, every mention replaced by [MASK], as (ids, labels).
     Long stories are cut to a window of ``seq_len`` that starts a little before the first mention."""
+    picked = [(story, found[0]) for story in stories if len(found := concepts_in(story, concepts)) == 1]
+    encoded = tok.encode_batch([mask_concept(story, c) for story, c in picked], add_special_tokens=False)
     rows, labels = [], []
-    for story in stories:
-        found = concepts_in(story, concepts)
-        if len(found) != 1:
-            continue
-        ids = tok.encode(mask_concept(story, found[0]), add_special_tokens=False).ids
+    for (_, concept), enc in zip(picked, encoded):
+        ids = enc.ids
         first = ids.index(MASK_ID) if MASK_ID in ids else 0
         body = seq_len - 1
         start = max(0, min(first - body // 4, len(ids) - body))
         window = [CLS_ID] + ids[start:start + body]
         rows.append(window + [PAD_ID] * (seq_len - len(window)))
-        labels.append(concepts.index(found[0]))
+        labels.append(concepts.index(concept))
     return torch.tensor(rows, dtype=torch.long).view(-1, seq_len), np.array(labels, dtype=np.int64)
 
 

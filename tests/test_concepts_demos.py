@@ -38,6 +38,20 @@ def test_concepts_in_lists_every_mentioned_concept_in_canonical_order():
     assert concepts_in("A boat, two Cats and a puppy.") == ["cat", "dog", "ship"]
     assert concepts_in("The catalog of dogmas is on the carpet.") == []
     assert concepts_in("one cat", ("one", "cat", "two")) == ["one", "cat"]
+
+
+def test_concepts_in_equals_one_search_per_concept():
+    """The one-scan implementation finds exactly what searching each concept's own pattern finds."""
+    import random
+    rng = random.Random(0)
+    words = ["cat", "Cats", "kitty", "kitties", "dogs", "Puppy", "puppies", "pup", "deer", "deers", "plane",
+             "planes", "airplane", "boat", "sailboats", "truck", "trucks", "frog", "froggy", "pony",
+             "ponies", "catalog", "dogma", "carpet", "boating", "horsey", "birdies", "bird", "car", "cars",
+             "scar", "one", "two", "the", "and", "ran,", "cat.", "(dog)", "bird's", "car-wash"]
+    texts = [" ".join(rng.choices(words, k=rng.randint(1, 12))) for _ in range(2000)]
+    for concepts in (tuple(CONCEPT_WORDS), ("one", "cat", "two"), ("dog",)):
+        for text in texts:
+            assert concepts_in(text, concepts) == [c for c in concepts if concept_pattern(c).search(text)], text
     assert list(CONCEPT_WORDS)[:3] == ["airplane", "automobile", "bird"]
 
 
