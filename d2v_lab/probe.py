@@ -109,13 +109,16 @@ def linear_probe(x_tr, y_tr, x_va, y_va, x_te, y_te, Cs=C_GRID, max_iter: int = 
     return LinearFit(accuracy(W, b, x_te, y_te), val[C], C)
 
 
-def knn_accuracy(x_tr, y_tr, x_te, y_te, k: int = 20) -> float:
-    """Cosine k-nearest-neighbour classification (majority vote, ties broken by summed similarity)."""
+def knn_accuracy(x_tr, y_tr, x_te, y_te, k: int = 20, chunk: int = 1024) -> float:
+    """Cosine k-nearest-neighbour classification (majority vote, ties broken by summed similarity).
+    Test points go ``chunk`` at a time, so the similarity matrix stays small on full datasets
+    (10,000 x 50,000 CIFAR-10 similarities would be 2 GB at once)."""
     if not 1 <= k <= len(x_tr):
         raise ValueError(f"k must be in [1, {len(x_tr)}], got {k}")
     a = torch.nn.functional.normalize(torch.as_tensor(x_tr, dtype=torch.float32), dim=1)
     b = torch.nn.functional.normalize(torch.as_tensor(x_te, dtype=torch.float32), dim=1)
-    sim, idx = (b @ a.T).topk(k, dim=1)
+    top = [(part @ a.T).topk(k, dim=1) for part in b.split(chunk)]
+    sim, idx = torch.cat([t.values for t in top]), torch.cat([t.indices for t in top])
     neighbour_labels = torch.as_tensor(y_tr)[idx]
     n_classes = int(y_tr.max()) + 1
     counts = torch.zeros(len(b), n_classes, dtype=torch.float64).scatter_add_(

@@ -185,6 +185,16 @@ def test_pack_windows_and_padding(fake_root):
 
 # --- Speech Commands ------------------------------------------------------------------------------
 
+def test_audio_inputs_in_chunks_equal_the_log_mel_of_all_waveforms(tmp_path):
+    from d2v_lab.inputs import audio_inputs
+    write_speech_commands(tmp_path)
+    train = load_speech_commands("training", tmp_path)
+    whole = log_mel(torch.from_numpy(train.waveforms(progress=False)))
+    for chunk in (1, 4, 512):                       # 6 clips: one per chunk, a partial last chunk, one chunk
+        assert torch.equal(audio_inputs(train, progress=False, chunk=chunk), whole)
+    assert audio_inputs(train.subset([]), progress=False).shape == (0, 64, 100)
+
+
 def test_speech_commands_splits_and_words(tmp_path):
     write_speech_commands(tmp_path)
     train = load_speech_commands("training", tmp_path)

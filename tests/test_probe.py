@@ -533,3 +533,12 @@ def test_cached_probe_reuses_only_when_newer_than_checkpoint(tmp_path, monkeypat
         os.utime(run / "probe.json", (t + 30, t + 30))
         calls.clear()
         assert probe_mod.cached_probe(run, log=logs.append) == {"fresh": True} and calls == [run]
+
+
+def test_knn_in_chunks_equals_knn_at_once():
+    g = np.random.default_rng(3)
+    x_tr, x_te = g.normal(size=(300, 16)), g.normal(size=(257, 16))
+    y_tr, y_te = g.integers(0, 5, 300), g.integers(0, 5, 257)
+    at_once = knn_accuracy(x_tr, y_tr, x_te, y_te, k=7, chunk=10_000)
+    assert knn_accuracy(x_tr, y_tr, x_te, y_te, k=7, chunk=16) == at_once  # 257 = 16 chunks + 1 point
+    assert knn_accuracy(x_tr, y_tr, x_te, y_te, k=7, chunk=1) == at_once
