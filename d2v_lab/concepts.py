@@ -51,11 +51,20 @@ def _any_concept_pattern(concepts: tuple[str, ...]) -> tuple[re.Pattern, dict[st
     return re.compile(r"\b(?:" + "|".join(map(re.escape, forms)) + r")\b", re.IGNORECASE), owner
 
 
+def first_mentions(text: str, concepts=tuple(CONCEPT_WORDS)) -> dict[str, re.Match]:
+    """concept -> its first mention in ``text`` (the same match ``concept_pattern(c).search`` gives:
+    every form is a whole word, so one scan finds each occurrence of every concept exactly once)."""
+    pattern, owner = _any_concept_pattern(tuple(concepts))
+    first: dict[str, re.Match] = {}
+    for m in pattern.finditer(text):
+        first.setdefault(owner[m.group(0).lower()], m)
+    return first
+
+
 def concepts_in(text: str, concepts=tuple(CONCEPT_WORDS)) -> list[str]:
     """The concepts a text mentions (in ``concepts`` order)."""
-    pattern, owner = _any_concept_pattern(tuple(concepts))
-    seen = {owner[m.group(0).lower()] for m in pattern.finditer(text)}
-    return [c for c in concepts if c in seen]
+    found = first_mentions(text, concepts)
+    return [c for c in concepts if c in found]
 
 
 def mask_concept(text: str, concept: str, mask_token: str = "[MASK]") -> str:

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from .align import (cross_modal_retrieval, mutual_knn_chance, mutual_knn_layers, permutation_null,
                     retrieval_chance, rotation_null, rsa, to_common_dim, unbiased_cka)
 from .associate import association_control, procrustes_control
-from .concepts import CONCEPT_WORDS, DIGIT_WORDS, concept_pattern, concepts_in
+from .concepts import CONCEPT_WORDS, DIGIT_WORDS, first_mentions
 from .data import load_cifar10, load_fsdd, load_speech_commands, load_stories
 from .data.root import DatasetNotFound
 from .data.tokenizer import CLS_ID, PAD_ID
@@ -101,11 +101,12 @@ def text_features(model, tok, seq_len: int, root=None, concepts=IMAGE_CONCEPTS +
     stories = load_stories("train", root) + load_stories("valid", root)
     rng = np.random.default_rng(seed)
     rows, selects, labels = [], [], []
+    mentions = [first_mentions(s, concepts) for s in stories]      # one scan per story
     if mode == "story":  # a story vector stands for one concept only
-        stories = [s for s in stories if len(concepts_in(s, concepts)) == 1]
+        keep = [i for i, m in enumerate(mentions) if len(m) == 1]
+        stories, mentions = [stories[i] for i in keep], [mentions[i] for i in keep]
     for concept in concepts:
-        pattern = concept_pattern(concept)
-        hits = [(i, m) for i, s in enumerate(stories) if (m := pattern.search(s))]
+        hits = [(i, m[concept]) for i, m in enumerate(mentions) if concept in m]
         for j in _sample(rng, np.arange(len(hits)), per_concept):
             i, match = hits[j]
             enc = tok.encode(stories[i], add_special_tokens=False)

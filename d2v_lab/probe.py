@@ -167,7 +167,8 @@ def probe_tasks(modality: str, cfg, tokenizer=None, root=None, max_train: int = 
     if modality == "image":
         return [tasks.cifar_task(root, max_train=max_train or None)]
     if modality == "text":
-        return [tasks.concept_task(tokenizer, cfg.data.seq_len, root)]
+        # the probe's training stories are at most those the model could pretrain on
+        return [tasks.concept_task(tokenizer, cfg.data.seq_len, root, max_stories=cfg.data.max_stories)]
     return [tasks.fsdd_task(root, progress).limit_train(max_train), tasks.speech_commands_task(root, progress)]
 
 

@@ -127,10 +127,12 @@ def _bag_of_tokens(ids: torch.Tensor, vocab_size: int) -> np.ndarray:
 
 
 def concept_task(tok: Tokenizer, seq_len: int, root=None, seed: int = 0, min_train: int = 8,
-                 val_fraction: float = 0.2) -> ProbeData:
-    """Train/val from the training stories, test from the held-out ("valid") stories. Concepts with
-    fewer than ``min_train`` training stories or no test story are dropped (reported in ``counts``)."""
-    x_tr, y_tr = concept_windows(load_stories("train", root), tok, seq_len)
+                 val_fraction: float = 0.2, max_stories: int | None = None) -> ProbeData:
+    """Train/val from the (first ``max_stories``) training stories, test from the held-out ("valid")
+    stories. Concepts with fewer than ``min_train`` training stories or no test story are dropped
+    (reported in ``counts``). The cap matters on the full TinyStories: its 2.1M stories would give
+    ~400k windows, and their bag-of-tokens baseline alone 6.5 GB."""
+    x_tr, y_tr = concept_windows(load_stories("train", root)[:max_stories], tok, seq_len)
     x_te, y_te = concept_windows(load_stories("valid", root), tok, seq_len)
     names = list(CONCEPT_WORDS)
     counts = {c: [int((y_tr == i).sum()), int((y_te == i).sum())] for i, c in enumerate(names)}

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from d2v_lab.checkpoint import build_model
-from d2v_lab.concepts import CONCEPT_WORDS, concept_pattern, concepts_in, mask_concept
+from d2v_lab.concepts import CONCEPT_WORDS, concept_pattern, concepts_in, first_mentions, mask_concept
 from d2v_lab.demos import demo_config, layer_target_stats, teacher_dynamics
 from d2v_lab.inputs import pretraining_data
 from d2v_lab.profiles import get_profile
@@ -52,6 +52,8 @@ def test_concepts_in_equals_one_search_per_concept():
     for concepts in (tuple(CONCEPT_WORDS), ("one", "cat", "two"), ("dog",)):
         for text in texts:
             assert concepts_in(text, concepts) == [c for c in concepts if concept_pattern(c).search(text)], text
+            for c, match in first_mentions(text, concepts).items():   # and the same first mention
+                assert match.span() == concept_pattern(c).search(text).span(), (text, c)
     assert list(CONCEPT_WORDS)[:3] == ["airplane", "automobile", "bird"]
 
 

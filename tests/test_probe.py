@@ -422,6 +422,17 @@ def test_concept_task_drops_rare_concepts_and_reports_counts(story_root):
         concept_task(tok, 48, story_root, min_train=11)
 
 
+def test_concept_task_reads_at_most_max_stories_training_stories(story_root):
+    tok = train_bpe(CONCEPT_TRAIN, vocab_size=300)
+    full = concept_task(tok, 48, story_root, min_train=1)
+    capped = concept_task(tok, 48, story_root, min_train=1, max_stories=12)
+    _, expected = concept_windows(load_stories("train", story_root)[:12], tok, 48)
+    counts, full_counts = capped.counts["train_test_stories_per_concept"], full.counts["train_test_stories_per_concept"]
+    assert [counts[c][0] for c in CONCEPT_WORDS] == np.bincount(expected, minlength=len(CONCEPT_WORDS)).tolist()
+    assert sum(counts[c][0] for c in CONCEPT_WORDS) < sum(full_counts[c][0] for c in CONCEPT_WORDS)
+    assert [counts[c][1] for c in CONCEPT_WORDS] == [full_counts[c][1] for c in CONCEPT_WORDS]  # test untouched
+
+
 def test_concept_windows_on_real_stories_hide_the_concept(shared_root):
     tok = load_tokenizer(shared_root, 1024)
     stories = load_stories("valid", shared_root)
