@@ -341,3 +341,24 @@ def test_cli_training_stopped_returns_3(fake_root, tmp_path, capsys):
     assert main(["pretrain", "--modality", "image", "--profile", "ci", "--out", str(tmp_path),
                  "--set", "train.lr=1e30", "--set", "train.device=cpu"]) == 3
     assert "training stopped" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("profile", ["ci", "cpu", "gpu"])
+@pytest.mark.parametrize("modality", ["image", "text", "audio"])
+@pytest.mark.parametrize("version", [1, 2])
+def test_every_profile_builds_a_model_that_takes_a_training_step(profile, modality, version):
+    """The cpu and gpu profiles are only trained for real elsewhere (minutes, a GPU): here every
+    profile's config must at least build, give a finite loss and a gradient on a tiny batch."""
+    from d2v_lab.inputs import synthetic_batch
+    from d2v_lab.profiles import with_version
+    cfg = with_version(get_profile(modality, profile), version)
+    torch.manual_seed(0)
+    model = build_model(cfg).train()
+    g = torch.Generator().manual_seed(0)
+    out = model(model.student.adapter.augment(synthetic_batch(cfg, 2, g), g), g)
+    out.loss.backward()
+    assert torch.isfinite(out.loss)
+    assert all(p.grad is None for p in model.teacher.parameters())
+    grads = [p.grad for p in model.student.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(gr).all() for gr in grads)
+    assert out.mask.shape == (2 * cfg.d2v.num_masks, model.student.adapter.num_tokens)
