@@ -186,13 +186,14 @@ def run_probe(run_dir, root=None, probe_cfg=None, supervised: bool = True, progr
     from .plots import plot_probe
     from .profiles import PROBES
     from .supervised import train_supervised
-    from .train import pick_device
+    from .train import usable_device
 
     if supervised_epochs is not None and supervised_epochs < 0:
         raise ValueError(f"supervised_epochs must be >= 0, got {supervised_epochs}")
     run_dir = Path(run_dir)
     model, cfg, tok = load_run(run_dir)
-    device = pick_device(cfg.train.device)       # the run's device: a gpu-profile model is probed on the GPU
+    device = usable_device(cfg.train.device)     # the run's device (a gpu-profile model is probed on
+                                                 # the GPU), or the best one here if this machine lacks it
     probe_cfg = probe_cfg or PROBES[cfg.profile]
     torch.manual_seed(cfg.train.seed)
     random_model = build_model(cfg).eval()  # same architecture, never trained

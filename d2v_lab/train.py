@@ -54,14 +54,38 @@ class TrainResult:
     metrics: list[dict]
 
 
+def device_available(name: str) -> bool:
+    """Whether this machine has the device ``name`` ("auto" always resolves to one)."""
+    if name == "auto":
+        return True
+    device = torch.device(name)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()
+    if device.type == "mps":
+        return torch.backends.mps.is_available()
+    return True
+
+
 def pick_device(name: str) -> torch.device:
+    """"auto": CUDA, else Apple's MPS, else the CPU. A named device this machine lacks is refused with
+    a clear message (torch's own is an AssertionError deep inside the first .to())."""
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
         if torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
+    if not device_available(name):
+        built = "" if torch.backends.cuda.is_built() else f" (this torch, {torch.__version__}, is built without CUDA)"
+        raise ValueError(f"train.device={name!r}, but this machine has no such device{built}; "
+                         f"use --set train.device=auto (the best one here) or cpu")
     return torch.device(name)
+
+
+def usable_device(name: str) -> torch.device:
+    """The device ``name`` if this machine has it, else the best one it has: a checkpoint trained on a
+    GPU can still be probed on a laptop."""
+    return pick_device(name if device_available(name) else "auto")
 
 
 def lr_at(step: int, cfg) -> float:
@@ -144,11 +168,11 @@ def pretrain(cfg: RunConfig, out_dir: str | Path, resume: bool = False, data: Pr
     ``callback(step, model, output)``: called after every update (e.g. to watch the teacher move).
     """
     perf.tune_malloc()
+    t = cfg.train
+    device = pick_device(t.device)   # refuses a missing device before anything is written
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path, metrics_path = out / CHECKPOINT, out / METRICS
-    t = cfg.train
-    device = pick_device(t.device)
 
     state = None
     if ckpt_path.exists():
