@@ -57,6 +57,11 @@ class TrainConfig:
             raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', got {self.precision!r}")
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError("steps and batch_size must be >= 1")
+        if not self.lr > 0 or self.clip_grad <= 0:
+            raise ValueError(f"train.lr and train.clip_grad must be > 0, got {self.lr} and {self.clip_grad}")
+        if self.warmup_steps < 0 or self.weight_decay < 0:
+            raise ValueError(f"train.warmup_steps and train.weight_decay must be >= 0, got "
+                             f"{self.warmup_steps} and {self.weight_decay}")
 
 
 @dataclass(frozen=True)
@@ -72,6 +77,8 @@ class RunConfig:
     def __post_init__(self):
         if self.modality not in MODALITIES:
             raise ValueError(f"modality must be one of {MODALITIES}, got {self.modality!r}")
+        if self.d2v.top_k > self.encoder.depth:  # refused here, before minutes of data loading
+            raise ValueError(f"top_k={self.d2v.top_k} exceeds the encoder depth {self.encoder.depth}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
