@@ -10,7 +10,7 @@ Per modality it prints
                 or dtypes did not allow it, SDPA would silently fall back to a slower kernel);
   eager / compiled  median step time and samples/s (the compile time of the first steps apart;
                 each modality compiles afresh, as it would in its own pretraining process);
-  ema           the teacher update's share of an eager step.
+  ema           the time of one teacher (EMA) update, part of every step.
 It runs on a CPU too (``--device cpu``), which is how the tests keep it working; its numbers mean
 something on the GPU it is meant for.
 """
@@ -60,7 +60,7 @@ def make_step(model, optimizer, x, precision: str, device):
     params = [p for group in optimizer.param_groups for p in group["params"]]
     g = torch.Generator().manual_seed(1)
 
-    def step() -> float:
+    def step() -> torch.Tensor:  # the step's loss
         with autocast():
             out = model(x, g)
         optimizer.zero_grad(set_to_none=True)

@@ -67,8 +67,8 @@ def device_available(name: str) -> bool:
 
 
 def pick_device(name: str) -> torch.device:
-    """"auto": CUDA, else Apple's MPS, else the CPU. A named device this machine lacks is refused with
-    a clear message (torch's own is an AssertionError deep inside the first .to())."""
+    """The device for ``name``: "auto" means CUDA, else Apple's MPS, else the CPU. A named device this
+    machine lacks is refused with a clear message (torch's own is an AssertionError deep inside .to())."""
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")

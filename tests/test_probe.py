@@ -501,6 +501,19 @@ def test_cli_probe_json_prints_one_object(image_run, capsys, monkeypatch):
     assert json.loads((run / "probe.json").read_text())["supervised"] is None
 
 
+def test_a_checkpoint_trained_on_a_gpu_is_probed_on_the_cpu_here(image_run, tmp_path, monkeypatch):
+    import shutil
+    run, root, _, r, _ = image_run
+    gpu_run = tmp_path / "gpu_run"
+    shutil.copytree(run, gpu_run)
+    state = torch.load(gpu_run / CHECKPOINT, weights_only=False)
+    state["config"]["train"]["device"] = "cuda"                      # as if it had been trained on a GPU
+    torch.save(state, gpu_run / CHECKPOINT)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    result = run_probe(gpu_run, root, supervised=False, progress=False)
+    assert result["linear"] == pytest.approx(r["linear"])             # same model, same numbers, on the CPU
+
+
 def test_cli_probe_supervised_epochs_overrides_the_profile(image_run, capsys, monkeypatch):
     run, root, _, r, _ = image_run
     monkeypatch.setenv("D2V_LAB_DATA", str(root))
