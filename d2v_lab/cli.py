@@ -25,10 +25,11 @@ def _print_info(info: dict) -> None:
         print(f"\ntinystories    {t['path']}\n  train {t['train']:>6} stories  valid {t['valid']:>6} stories"
               f"\n  files: {', '.join(t['files'])}")
     if "speechcommands" in info:
-        s = info["speechcommands"]
-        print(f"\nspeechcommands {s['path']} ({s['version']})\n  training {s['training']} clips   "
-              f"validation {s['validation']}   testing {s['testing']}\n  words ({len(s['words'])}): "
-              f"{', '.join(s['words'])}")
+        for v, s in info["speechcommands"]["versions"].items():
+            default = "  (read by default)" if v == info["speechcommands"]["version"] else ""
+            print(f"\nspeechcommands {s['path']} ({v}){default}\n  training {s['training']} clips   "
+                  f"validation {s['validation']}   testing {s['testing']}   speakers {s['speakers']}"
+                  f"\n  words ({len(s['words'])}): {', '.join(s['words'])}")
     if "fsdd" in info:
         f = info["fsdd"]
         print(f"\nfsdd           {f['path']}\n  {f['clips']} clips from {len(f['speakers'])} speakers: "

@@ -207,13 +207,33 @@ def test_speech_commands_splits_and_words(tmp_path):
     assert waves.shape == (6, 16000) and waves.dtype == np.float32
     assert (waves[0, 9600:] == 0).all() and np.abs(waves[0, :9000]).max() > 0.2  # 0.6 s padded to 1 s
     info = dataset_info(tmp_path)["speechcommands"]
-    assert info == {"version": "v0.01", "training": 6, "validation": 3, "testing": 3,
-                    "words": ["cat", "dog", "yes"], "path": str(tmp_path / "SpeechCommands/speech_commands_v0.01")}
+    v001 = {"version": "v0.01", "training": 6, "validation": 3, "testing": 3, "speakers": 4,
+            "words": ["cat", "dog", "yes"], "path": str(tmp_path / "SpeechCommands/speech_commands_v0.01")}
+    assert info == {**v001, "versions": {"v0.01": v001}}
 
 
-def test_speech_commands_v002_is_found(tmp_path):
+def test_speech_commands_v002_is_read_first_and_v001_stays_readable(tmp_path):
+    write_speech_commands(tmp_path)                                     # v0.01: cat, dog, yes
+    write_speech_commands(tmp_path, words=("go", "no", "stop", "yes"), speakers=("eee", "fff", "ccc", "ddd"),
+                          version="speech_commands_v0.02")
+    info = dataset_info(tmp_path)["speechcommands"]
+    assert info["version"] == "v0.02" and list(info["versions"]) == ["v0.02", "v0.01"]
+    assert info["versions"]["v0.02"]["training"] == 8 and info["versions"]["v0.01"]["training"] == 6
+    assert load_speech_commands("training", tmp_path).classes == ("go", "no", "stop", "yes")
+    for version in ("v0.01", "speech_commands_v0.01"):
+        old = load_speech_commands("testing", tmp_path, version=version)
+        assert old.classes == ("cat", "dog", "yes") and set(old.speakers) == {"ddd"}
+    with pytest.raises(ValueError, match=r"version must be one of \['v0.02', 'v0.01'\], not 'v0.03'"):
+        load_speech_commands("training", tmp_path, version="v0.03")
+
+
+def test_cli_data_info_lists_every_speech_commands_version(tmp_path, monkeypatch, capsys):
+    write_speech_commands(tmp_path)
     write_speech_commands(tmp_path, version="speech_commands_v0.02")
-    assert dataset_info(tmp_path)["speechcommands"]["version"] == "v0.02"
+    monkeypatch.setenv("D2V_LAB_DATA", str(tmp_path))
+    assert main(["data", "info"]) == 0
+    out = capsys.readouterr().out
+    assert "(v0.02)  (read by default)" in out and "(v0.01)\n" in out and out.count("speakers 4") == 2
 
 
 def test_split_list_naming_missing_file(tmp_path):

@@ -33,8 +33,30 @@ def test_tinystories_counts(shared_root):
     assert first.startswith("One day, a little girl named Lily found a needle in her room")
 
 
-def test_speech_commands_counts(shared_root):
+KEYWORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
+
+
+def test_speech_commands_v002_counts(shared_root):
+    """v0.02 (the README's section 5) is what the loaders read by default."""
     splits = {s: load_speech_commands(s, shared_root) for s in ("training", "validation", "testing")}
+    assert {s: len(c) for s, c in splits.items()} == {"training": 2469, "validation": 434, "testing": 559}
+    assert len(splits["training"].classes) == 35 and "visual" in splits["training"].classes
+    per_word = Counter(w for c in splits.values() for w in (c.classes[i] for i in c.labels))
+    assert sum(per_word.values()) == 3462
+    assert (per_word["yes"], per_word["down"], per_word["left"]) == (343, 304, 321)
+    assert sum(per_word[k] for k in KEYWORDS) == 3136
+    assert (per_word["bird"], per_word["cat"], per_word["dog"]) == (8, 8, 6)
+    speakers = {s: set(c.speakers) for s, c in splits.items()}
+    assert {s: len(v) for s, v in speakers.items()} == {"training": 127, "validation": 26, "testing": 27}
+    assert not (speakers["training"] & speakers["testing"]) and not (speakers["training"] & speakers["validation"])
+    assert not (speakers["validation"] & speakers["testing"])
+    waves = splits["validation"].subset(range(0, 434, 40)).waveforms(progress=False)
+    assert waves.shape == (11, 16000) and np.isfinite(waves).all() and np.abs(waves).max() <= 1.0
+
+
+def test_speech_commands_v001_counts(shared_root):
+    """v0.01 stays readable beside v0.02 (its bird/cat/dog clips feed the cross-modal pairs)."""
+    splits = {s: load_speech_commands(s, shared_root, version="v0.01") for s in ("training", "validation", "testing")}
     assert {s: len(c) for s, c in splits.items()} == {"training": 175, "validation": 22, "testing": 42}
     assert len(splits["training"].classes) == 30
     per_word = Counter(w for c in splits.values() for w in (c.classes[i] for i in c.labels))
@@ -46,6 +68,15 @@ def test_speech_commands_counts(shared_root):
     assert len(set().union(*speakers.values())) == 27
     waves = splits["testing"].waveforms(progress=False)
     assert waves.shape == (42, 16000) and np.isfinite(waves).all() and np.abs(waves).max() <= 1.0
+
+
+def test_speech_commands_versions_share_no_speaker_across_splits(shared_root):
+    """The README: no speaker is in two splits even when v0.01 and v0.02 are pooled."""
+    pooled = {s: set(load_speech_commands(s, shared_root, version="v0.01").speakers)
+              | set(load_speech_commands(s, shared_root, version="v0.02").speakers)
+              for s in ("training", "validation", "testing")}
+    assert not (pooled["training"] & pooled["testing"]) and not (pooled["training"] & pooled["validation"])
+    assert not (pooled["validation"] & pooled["testing"])
 
 
 def test_fsdd_counts(shared_root):
@@ -66,6 +97,10 @@ def test_cli_data_info_json_matches_readme(shared_root, capsys):
     assert (info["tinystories"]["train"], info["tinystories"]["valid"]) == (2495, 575)
     sc = info["speechcommands"]
     assert (sc["version"], sc["training"], sc["validation"], sc["testing"], len(sc["words"])) == \
-        ("v0.01", 175, 22, 42, 30)
+        ("v0.02", 2469, 434, 559, 35)
+    rows = {v: (s["training"], s["validation"], s["testing"], s["speakers"], len(s["words"]))
+            for v, s in sc["versions"].items()}
+    assert rows == {"v0.02": (2469, 434, 559, 180, 35), "v0.01": (175, 22, 42, 27, 30)}
+    assert list(sc["versions"]) == ["v0.02", "v0.01"]          # newest first: the one read by default
     assert info["fsdd"]["clips"] == 2500 and len(info["fsdd"]["speakers"]) == 5
     assert "missing" not in info

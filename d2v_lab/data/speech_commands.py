@@ -20,9 +20,19 @@ SPLITS = ("training", "validation", "testing")
 LISTS = {"validation": "validation_list.txt", "testing": "testing_list.txt"}
 
 
+def _folder_name(version: str) -> str:
+    """'v0.01' or 'speech_commands_v0.01' -> 'speech_commands_v0.01'."""
+    name = version if version.startswith("speech_commands_") else f"speech_commands_{version}"
+    if name not in VERSIONS:
+        raise ValueError(f"Speech Commands version must be one of "
+                         f"{[v.removeprefix('speech_commands_') for v in VERSIONS]}, not {version!r}")
+    return name
+
+
 def find_speech_commands(root=None, download: bool = False, version: str | None = None) -> Path:
+    """The newest version folder found (v0.02, then v0.01), or the one ``version`` names."""
     base = data_root(root) / FOLDER
-    candidates = [version] if version else VERSIONS
+    candidates = [_folder_name(version)] if version else VERSIONS
     for v in candidates:
         if (base / v).is_dir():
             return base / v
@@ -78,8 +88,23 @@ def load_speech_commands(split: str = "training", root=None, download: bool = Fa
     )
 
 
-def info(root=None) -> dict:
-    folder = find_speech_commands(root)
+def versions_found(root=None) -> list[str]:
+    """Every version present under the data root, newest first (e.g. ['v0.02', 'v0.01'])."""
+    base = data_root(root) / FOLDER
+    return [v.removeprefix("speech_commands_") for v in VERSIONS if (base / v).is_dir()]
+
+
+def _version_info(folder: Path) -> dict:
     words, splits = clip_index(folder)
+    speakers = {s: {c.split("/")[1].split("_nohash_")[0] for c in splits[s]} for s in SPLITS}
     return {"version": folder.name.removeprefix("speech_commands_"),
-            **{s: len(splits[s]) for s in SPLITS}, "words": words, "path": str(folder)}
+            **{s: len(splits[s]) for s in SPLITS}, "speakers": len(set().union(*speakers.values())),
+            "words": words, "path": str(folder)}
+
+
+def info(root=None) -> dict:
+    """The newest version's counts at the top level (what the loaders read by default) and every
+    version found under "versions" (v0.01 stays readable beside v0.02)."""
+    newest = _version_info(find_speech_commands(root))
+    return {**newest, "versions": {v: _version_info(find_speech_commands(root, version=v))
+                                   for v in versions_found(root)}}
