@@ -24,12 +24,12 @@ import time
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from d2v_lab.checkpoint import build_model
-from d2v_lab.config import MODALITIES
-from d2v_lab.inputs import synthetic_batch
-from d2v_lab.perf import autocast_for
-from d2v_lab.profiles import get_profile
-from d2v_lab.train import make_optimizer, pick_device
+from d2v_lab.train.checkpoint import build_model
+from d2v_lab.train.config import MODALITIES
+from d2v_lab.train.inputs import synthetic_batch
+from d2v_lab.train.loop import make_optimizer, pick_device
+from d2v_lab.train.perf import autocast_for
+from d2v_lab.train.profiles import get_profile
 
 
 def _sync(device: torch.device) -> None:

@@ -13,11 +13,11 @@ from __future__ import annotations
 import argparse
 import time
 
-from d2v_lab.config import MODALITIES
-from d2v_lab.probe import cached_probe
-from d2v_lab.profiles import get_profile
-from d2v_lab.tour import default_runs_dir
-from d2v_lab.train import ensure_pretrained
+from d2v_lab.evaluate.probe import cached_probe
+from d2v_lab.lab.tour import default_runs_dir
+from d2v_lab.train.config import MODALITIES
+from d2v_lab.train.loop import ensure_pretrained
+from d2v_lab.train.profiles import get_profile
 
 MARGIN = {"image": 0.10, "audio": 0.10, "text": 0.0}
 

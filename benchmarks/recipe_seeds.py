@@ -20,9 +20,9 @@ import statistics
 import time
 from pathlib import Path
 
-from d2v_lab.probe import run_probe
-from d2v_lab.profiles import get_profile
-from d2v_lab.train import ensure_pretrained
+from d2v_lab.evaluate.probe import run_probe
+from d2v_lab.train.loop import ensure_pretrained
+from d2v_lab.train.profiles import get_profile
 
 
 def main() -> None:

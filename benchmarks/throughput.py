@@ -17,11 +17,11 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from d2v_lab import perf
-from d2v_lab.checkpoint import build_model
-from d2v_lab.config import MODALITIES
-from d2v_lab.inputs import synthetic_batch
-from d2v_lab.profiles import get_profile
+from d2v_lab.train import perf
+from d2v_lab.train.checkpoint import build_model
+from d2v_lab.train.config import MODALITIES
+from d2v_lab.train.inputs import synthetic_batch
+from d2v_lab.train.profiles import get_profile
 
 
 def matmul_peak(dtype=torch.float32, n: int = 2048, repeats: int = 5) -> float:

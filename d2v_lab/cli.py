@@ -5,12 +5,12 @@ import argparse
 import json
 import sys
 
-from .checkpoint import CheckpointError
-from .config import MODALITIES
-from .data import DataError, dataset_info
-from .data.download import DATASETS, ensure_dataset
-from .data.root import data_root
-from .profiles import PROFILES
+from d2v_lab.data import DataError, dataset_info
+from d2v_lab.data.download import DATASETS, ensure_dataset
+from d2v_lab.data.root import data_root
+from d2v_lab.train.checkpoint import CheckpointError
+from d2v_lab.train.config import MODALITIES
+from d2v_lab.train.profiles import PROFILES
 
 
 def _print_info(info: dict) -> None:
@@ -54,8 +54,8 @@ def cmd_data(args) -> int:
 
 
 def cmd_pretrain(args) -> int:
-    from .profiles import get_profile
-    from .train import TrainingStopped, pretrain
+    from d2v_lab.train.loop import TrainingStopped, pretrain
+    from d2v_lab.train.profiles import get_profile
 
     cfg = get_profile(args.modality, args.profile, args.version).with_overrides(args.set or [])
     try:
@@ -70,7 +70,7 @@ def cmd_pretrain(args) -> int:
 
 
 def cmd_probe(args) -> int:
-    from .probe import run_probe
+    from d2v_lab.evaluate.probe import run_probe
 
     result = run_probe(args.checkpoint, supervised=not args.no_supervised, progress=not args.json,
                        supervised_epochs=args.supervised_epochs)
@@ -95,8 +95,8 @@ def cmd_probe(args) -> int:
 
 
 def cmd_align(args) -> int:
-    from .crossmodal import ALIGN_PROFILES, run_alignment
-    from .profiles import default_profile
+    from d2v_lab.crossmodal.experiment import ALIGN_PROFILES, run_alignment
+    from d2v_lab.train.profiles import default_profile
 
     cfg = ALIGN_PROFILES[args.profile or default_profile()]
     out = args.out or args.text
@@ -113,7 +113,7 @@ def cmd_align(args) -> int:
 
 
 def cmd_tour(args) -> int:
-    from .tour import run_tour, summary_table
+    from d2v_lab.lab.tour import run_tour, summary_table
 
     summary = run_tour(args.profile, args.out)
     print("\n" + summary_table(summary))

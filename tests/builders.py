@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-
 CIFAR_CLASSES = [b"airplane", b"automobile", b"bird", b"cat", b"deer",
                  b"dog", b"frog", b"horse", b"ship", b"truck"]
 

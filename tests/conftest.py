@@ -9,8 +9,9 @@ import pytest
 import torch
 from threadpoolctl import threadpool_limits
 
-from builders import write_cifar, write_fsdd, write_speech_commands, write_tinystories
 from d2v_lab.data.root import data_root
+
+from builders import write_cifar, write_fsdd, write_speech_commands, write_tinystories
 
 
 @pytest.fixture(autouse=True)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from d2v_lab.associate import association_control, procrustes_control, procrustes_fit, train_association_heads
-from d2v_lab.align import (
+from d2v_lab.crossmodal.controls import association_control, procrustes_control, procrustes_fit, train_association_heads
+from d2v_lab.crossmodal.metrics import (
     NullBand,
     concept_similarity_matrix,
     cross_modal_retrieval,
@@ -401,7 +401,7 @@ def test_input_validation():
 
 
 def test_mutual_knn_layers_matches_single_pair_and_null_takes_the_max():
-    from d2v_lab.align import mutual_knn_layers
+    from d2v_lab.crossmodal.metrics import mutual_knn_layers
     rng = np.random.default_rng(3)
     base = rng.normal(size=(60, 8))
     layers_a = np.stack([base, rng.normal(size=(60, 8))])

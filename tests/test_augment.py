@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from d2v_lab.config import DataConfig
-from d2v_lab.masking import MaskConfig
-from d2v_lab.modalities import AudioAdapter, ImageAdapter, scale_axes
+from d2v_lab.model.masking import MaskConfig
+from d2v_lab.model.modalities import AudioAdapter, ImageAdapter, scale_axes
+from d2v_lab.train.config import DataConfig
 
 SPAN = MaskConfig("span", 0.5, span=5)
 

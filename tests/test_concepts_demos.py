@@ -7,13 +7,12 @@ import math
 import pytest
 import torch
 
-from d2v_lab.checkpoint import build_model
-from d2v_lab.concepts import CONCEPT_WORDS, concept_pattern, concepts_in, first_mentions, mask_concept
-from d2v_lab.demos import demo_config, layer_target_stats, teacher_dynamics
-from d2v_lab.inputs import pretraining_data
-from d2v_lab.profiles import get_profile
-from d2v_lab.tour import render_report, summary_table
-
+from d2v_lab.data.concepts import CONCEPT_WORDS, concept_pattern, concepts_in, first_mentions, mask_concept
+from d2v_lab.lab.demos import demo_config, layer_target_stats, teacher_dynamics
+from d2v_lab.lab.tour import render_report, summary_table
+from d2v_lab.train.checkpoint import build_model
+from d2v_lab.train.inputs import pretraining_data
+from d2v_lab.train.profiles import get_profile
 
 # --- concepts -----------------------------------------------------------------------------------------
 

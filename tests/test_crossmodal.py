@@ -8,19 +8,28 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from builders import write_cifar, write_tinystories
-from d2v_lab import crossmodal
-from d2v_lab.associate import concept_info_nce, train_joint_heads
-from d2v_lab.checkpoint import build_model, load_run
-from d2v_lab.concepts import concept_pattern, concepts_in
-from d2v_lab.crossmodal import (IMAGE_CONCEPTS, SPOKEN_CONCEPTS, ConceptFeatures, compare, concept_pairs,
-                                conclusion, rsa_null, verdict)
+from d2v_lab.crossmodal import experiment as crossmodal
+from d2v_lab.crossmodal.controls import concept_info_nce, train_joint_heads
+from d2v_lab.crossmodal.experiment import (
+    IMAGE_CONCEPTS,
+    SPOKEN_CONCEPTS,
+    ConceptFeatures,
+    compare,
+    concept_pairs,
+    conclusion,
+    rsa_null,
+    verdict,
+)
 from d2v_lab.data import load_cifar10, load_fsdd, load_speech_commands, load_stories
+from d2v_lab.data.concepts import concept_pattern, concepts_in
 from d2v_lab.data.tokenizer import CLS_ID, PAD_ID
-from d2v_lab.inputs import audio_inputs
-from d2v_lab.probe import layer_features
-from d2v_lab.profiles import get_profile
-from d2v_lab.train import pretrain
+from d2v_lab.evaluate.probe import layer_features
+from d2v_lab.train.checkpoint import build_model, load_run
+from d2v_lab.train.inputs import audio_inputs
+from d2v_lab.train.loop import pretrain
+from d2v_lab.train.profiles import get_profile
+
+from builders import write_cifar, write_tinystories
 
 
 def feats(modality: str, counts: dict[str, int], layers: int = 2, dim: int = 4, seed: int = 0) -> ConceptFeatures:

@@ -9,17 +9,22 @@ import numpy as np
 import pytest
 import torch
 
-from builders import write_cifar, write_fsdd, write_speech_commands, write_stories, write_wav
 from d2v_lab.cli import main
-from d2v_lab.data import (DataError, DatasetNotFound, dataset_info, load_cifar10, load_fsdd,
-                          load_speech_commands, load_stories)
+from d2v_lab.data import (
+    DataError,
+    DatasetNotFound,
+    dataset_info,
+    load_cifar10,
+    load_fsdd,
+    load_speech_commands,
+    load_stories,
+)
 from d2v_lab.data import download as dl
-from d2v_lab.data.audio import (LogMelConfig, load_clip, log_mel, mel_filterbank, mel_to_hz, hz_to_mel,
-                                resample)
+from d2v_lab.data.audio import LogMelConfig, hz_to_mel, load_clip, log_mel, mel_filterbank, mel_to_hz, resample
 from d2v_lab.data.root import data_root
-from d2v_lab.data.tokenizer import CLS_ID, PAD_ID, SEP_ID, SPECIAL_TOKENS, encode_padded, load_tokenizer, \
-    pack_windows
+from d2v_lab.data.tokenizer import CLS_ID, PAD_ID, SEP_ID, SPECIAL_TOKENS, encode_padded, load_tokenizer, pack_windows
 
+from builders import write_cifar, write_fsdd, write_speech_commands, write_stories, write_wav
 
 # --- data root ------------------------------------------------------------------------------------
 
@@ -186,7 +191,7 @@ def test_pack_windows_and_padding(fake_root):
 # --- Speech Commands ------------------------------------------------------------------------------
 
 def test_audio_inputs_in_chunks_equal_the_log_mel_of_all_waveforms(tmp_path):
-    from d2v_lab.inputs import audio_inputs
+    from d2v_lab.train.inputs import audio_inputs
     write_speech_commands(tmp_path)
     train = load_speech_commands("training", tmp_path)
     whole = log_mel(torch.from_numpy(train.waveforms(progress=False)))

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from d2v_lab.data.tokenizer import CLS_ID, PAD_ID
-from d2v_lab.data2vec import Data2Vec, Data2VecConfig, EncoderOutput
-from d2v_lab.masking import MaskConfig
-from d2v_lab.modalities import AudioAdapter, ImageAdapter, TextAdapter
-from d2v_lab.transformer import Encoder, EncoderConfig
+from d2v_lab.model.data2vec import Data2Vec, Data2VecConfig, EncoderOutput
+from d2v_lab.model.masking import MaskConfig
+from d2v_lab.model.modalities import AudioAdapter, ImageAdapter, TextAdapter
+from d2v_lab.model.transformer import Encoder, EncoderConfig
 
 B = 4
 
@@ -313,7 +313,7 @@ def test_cls_token_regresses_the_mean_target_and_is_never_masked(modality, versi
     P = ad.prefix
     with torch.no_grad():
         ffn = model.teacher(x, return_layers=True).ffn
-    from d2v_lab.targets import build_targets
+    from d2v_lab.model.targets import build_targets
     cfg = model.cfg
     assert torch.equal(model.targets(x), build_targets([a[:, P:] for a in ffn], cfg.top_k,
                                                        cfg.target_layer_norm, cfg.target_final_norm))

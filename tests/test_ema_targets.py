@@ -8,12 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from d2v_lab.data2vec import Backbone, Data2Vec, Data2VecConfig
-from d2v_lab.ema import ema_update, make_teacher, tau_at
-from d2v_lab.masking import MaskConfig
-from d2v_lab.modalities import ImageAdapter
-from d2v_lab.targets import build_targets, normalise
-from d2v_lab.transformer import Encoder, EncoderConfig
+from d2v_lab.model.data2vec import Backbone, Data2Vec, Data2VecConfig
+from d2v_lab.model.ema import ema_update, make_teacher, tau_at
+from d2v_lab.model.masking import MaskConfig
+from d2v_lab.model.modalities import ImageAdapter
+from d2v_lab.model.targets import build_targets, normalise
+from d2v_lab.model.transformer import Encoder, EncoderConfig
 
 
 def tiny_backbone(seed=0, dim=32, depth=2) -> Backbone:
@@ -287,7 +287,7 @@ def test_targets_come_from_the_teacher_weights_not_the_student():
 
 
 def test_variance_shares_on_constructed_targets():
-    from d2v_lab.targets import normalise, variance_shares
+    from d2v_lab.model.targets import normalise, variance_shares
     g = torch.Generator().manual_seed(0)
     pattern = torch.randn(1, 50, 8, generator=g)
     assert variance_shares(pattern.expand(30, -1, -1))["position"] == pytest.approx(1.0)  # one sequence

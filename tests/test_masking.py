@@ -6,8 +6,16 @@ import numpy as np
 import pytest
 import torch
 
-from d2v_lab.masking import (MaskConfig, bert_corrupt, block_mask, inverse_block_mask, random_mask,
-                             sample_mask, span_mask, span_ratio)
+from d2v_lab.model.masking import (
+    MaskConfig,
+    bert_corrupt,
+    block_mask,
+    inverse_block_mask,
+    random_mask,
+    sample_mask,
+    span_mask,
+    span_ratio,
+)
 
 
 def gen(seed: int) -> torch.Generator:

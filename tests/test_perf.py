@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from d2v_lab import perf
+from d2v_lab.train import perf
 
 
 def test_explicit_precision_is_kept_and_auto_follows_the_cpu(monkeypatch):

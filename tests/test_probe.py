@@ -10,23 +10,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from d2v_lab.data.root import data_root
 import torch
 from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_limits
 
-from builders import write_cifar, write_stories
-from d2v_lab import probe as probe_mod
-from d2v_lab.checkpoint import CHECKPOINT, build_model
 from d2v_lab.cli import main
-from d2v_lab.concepts import CONCEPT_WORDS, concept_pattern, concepts_in
 from d2v_lab.data import load_cifar10, load_fsdd, load_stories
+from d2v_lab.data.concepts import CONCEPT_WORDS, concept_pattern, concepts_in
+from d2v_lab.data.root import data_root
 from d2v_lab.data.tokenizer import CLS_ID, MASK_ID, PAD_ID, load_tokenizer, train_bpe
-from d2v_lab.probe import fit_logistic, knn_accuracy, layer_features, linear_probe, probe_features, run_probe
-from d2v_lab.profiles import PROBES, get_profile
-from d2v_lab.tasks import cifar_task, concept_task, concept_windows, fsdd_task
-from d2v_lab.train import pretrain
+from d2v_lab.evaluate import probe as probe_mod
+from d2v_lab.evaluate.probe import fit_logistic, knn_accuracy, layer_features, linear_probe, probe_features, run_probe
+from d2v_lab.evaluate.tasks import cifar_task, concept_task, concept_windows, fsdd_task
+from d2v_lab.train.checkpoint import CHECKPOINT, build_model
+from d2v_lab.train.loop import pretrain
+from d2v_lab.train.profiles import PROBES, get_profile
+
+from builders import write_cifar, write_stories
 
 
 def features_fp32(backbone, x, **kw):

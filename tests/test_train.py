@@ -8,12 +8,19 @@ import math
 import pytest
 import torch
 
-from d2v_lab.checkpoint import CHECKPOINT, CheckpointError, build_model, load_run, read_checkpoint, save_checkpoint
 from d2v_lab.cli import main
-from d2v_lab.config import TrainConfig
-from d2v_lab.inputs import pretraining_data
-from d2v_lab.profiles import get_profile
-from d2v_lab.train import METRICS, TrainingStopped, batch_indices, heldout_loss, lr_at, make_optimizer, pretrain
+from d2v_lab.train.checkpoint import (
+    CHECKPOINT,
+    CheckpointError,
+    build_model,
+    load_run,
+    read_checkpoint,
+    save_checkpoint,
+)
+from d2v_lab.train.config import TrainConfig
+from d2v_lab.train.inputs import pretraining_data
+from d2v_lab.train.loop import METRICS, TrainingStopped, batch_indices, heldout_loss, lr_at, make_optimizer, pretrain
+from d2v_lab.train.profiles import get_profile
 
 
 def tiny(modality: str, *extra: str):
@@ -210,7 +217,7 @@ def test_checkpoint_written_atomically(fake_root, tmp_path, monkeypatch):
         with open(f, "wb") as fh:
             fh.write(b"PK\x03\x04 half a checkpoint")
         raise OSError("disk full")
-    monkeypatch.setattr("d2v_lab.checkpoint.torch.save", crash)
+    monkeypatch.setattr("d2v_lab.train.checkpoint.torch.save", crash)
     with pytest.raises(OSError):
         save_checkpoint(out / CHECKPOINT, cfg, 3, build_model(cfg))
     assert (out / CHECKPOINT).read_bytes() == before            # the good checkpoint is untouched
@@ -231,7 +238,7 @@ def test_nan_loss_stops_without_saving_the_broken_step(fake_root, tmp_path):
 
 
 def test_nan_loss_from_the_model_stops(fake_root, tmp_path, monkeypatch):
-    from d2v_lab.data2vec import Data2Vec
+    from d2v_lab.model.data2vec import Data2Vec
     cfg = tiny("audio", "train.eval_every=0")
     data = pretraining_data(cfg, progress=False)
     forward = Data2Vec.forward
@@ -253,7 +260,7 @@ def test_non_finite_gradient_is_never_saved(fake_root, tmp_path, monkeypatch):
     """A finite loss with non-finite gradients (e.g. a bf16 overflow in backward) makes the update
     NaN. Stopping at the next step's NaN loss says "the last checkpoint is still good": so the
     broken update must not have been checkpointed."""
-    from d2v_lab.data2vec import Data2Vec
+    from d2v_lab.model.data2vec import Data2Vec
     cfg = tiny("image", "train.eval_every=0", "train.checkpoint_every=1")
     data = pretraining_data(cfg, progress=False)
     forward = Data2Vec.forward
@@ -352,8 +359,8 @@ def test_cli_training_stopped_returns_3(fake_root, tmp_path, capsys):
 def test_every_profile_builds_a_model_that_takes_a_training_step(profile, modality, version):
     """The cpu and gpu profiles are only trained for real elsewhere (minutes, a GPU): here every
     profile's config must at least build, give a finite loss and a gradient on a tiny batch."""
-    from d2v_lab.inputs import synthetic_batch
-    from d2v_lab.profiles import with_version
+    from d2v_lab.train.inputs import synthetic_batch
+    from d2v_lab.train.profiles import with_version
     cfg = with_version(get_profile(modality, profile), version)
     torch.manual_seed(0)
     model = build_model(cfg).train()
@@ -368,7 +375,7 @@ def test_every_profile_builds_a_model_that_takes_a_training_step(profile, modali
 
 
 def test_a_device_this_machine_lacks_is_refused_clearly_and_probes_fall_back(monkeypatch):
-    from d2v_lab.train import device_available, pick_device, usable_device
+    from d2v_lab.train.loop import device_available, pick_device, usable_device
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
     assert not device_available("cuda") and not device_available("cuda:1") and device_available("cpu")

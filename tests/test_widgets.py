@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from d2v_lab import widgets
-from d2v_lab.plots import masked_text
+from d2v_lab.lab import widgets
+from d2v_lab.lab.plots import masked_text
 
 
 @pytest.fixture
@@ -105,7 +105,7 @@ def test_slider_moved_by_a_frontend_redraws_in_a_real_kernel():
                     return msgs
 
         code = ("import matplotlib, numpy as np, torch\n"
-                "from d2v_lab import widgets\n"
+                "from d2v_lab.lab import widgets\n"
                 "g = torch.Generator().manual_seed(0)\n"
                 "ids = torch.randint(5, 50, (40,), generator=g)\n"
                 "s = {'image': torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8, generator=g).numpy(),\n"

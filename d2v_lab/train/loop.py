@@ -25,6 +25,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from d2v_lab.model.data2vec import Data2Vec, Data2VecOutput
+from d2v_lab.model.ema import tau_at
+
 from . import perf
 from .checkpoint import (
     CHECKPOINT,
@@ -35,8 +38,6 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .config import RunConfig
-from .data2vec import Data2Vec, Data2VecOutput
-from .ema import tau_at
 from .inputs import PretrainData, pretraining_data
 
 METRICS = "metrics.jsonl"

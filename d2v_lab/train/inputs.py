@@ -14,11 +14,12 @@ import torch
 from tokenizers import Tokenizer
 from tqdm.auto import tqdm
 
+from d2v_lab.data import ClipSet, LogMelConfig, load_cifar10, load_fsdd, load_speech_commands, load_stories, log_mel
+from d2v_lab.data.fsdd import find_fsdd
+from d2v_lab.data.root import DatasetNotFound
+from d2v_lab.data.tokenizer import CLS_ID, SPECIAL_TOKENS, load_tokenizer, pack_windows
+
 from .config import RunConfig
-from .data import ClipSet, LogMelConfig, load_cifar10, load_fsdd, load_speech_commands, load_stories, log_mel
-from .data.fsdd import find_fsdd
-from .data.root import DatasetNotFound
-from .data.tokenizer import CLS_ID, SPECIAL_TOKENS, load_tokenizer, pack_windows
 
 
 @dataclass

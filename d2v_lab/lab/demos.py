@@ -10,10 +10,10 @@ import tempfile
 
 import torch
 
-from .inputs import PretrainData, pretraining_data
-from .profiles import get_profile
-from .targets import normalise
-from .train import pretrain
+from d2v_lab.model.targets import normalise
+from d2v_lab.train.inputs import PretrainData, pretraining_data
+from d2v_lab.train.loop import pretrain
+from d2v_lab.train.profiles import get_profile
 
 
 def demo_config(modality: str = "image", tau: float = 0.99, top_k: int = 2, steps: int = 30,

@@ -9,9 +9,9 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 
-from .data2vec import Data2VecConfig
-from .masking import MaskConfig
-from .transformer import EncoderConfig
+from d2v_lab.model.data2vec import Data2VecConfig
+from d2v_lab.model.masking import MaskConfig
+from d2v_lab.model.transformer import EncoderConfig
 
 MODALITIES = ("image", "text", "audio")
 

@@ -28,7 +28,7 @@ def layer_features(backbone, x: torch.Tensor, batch_size: int = 256, device="cpu
     (adapter output), layer l the output of block l. "mean" averages the non-padding content tokens
     (not [CLS]), or only the tokens where ``select`` (N, T) is True (e.g. one word's tokens); "cls"
     (models with a [CLS] token) is that token. ``precision``: "auto" runs the encoder in bf16 where that is native."""
-    from .perf import autocast_for
+    from d2v_lab.train.perf import autocast_for
     backbone.eval().to(device)
     autocast = autocast_for(precision, torch.device(device).type)
     means, cls = [], []
@@ -181,12 +181,13 @@ def run_probe(run_dir, root=None, probe_cfg=None, supervised: bool = True, progr
     import json
     from pathlib import Path
 
-    from .checkpoint import build_model, load_run
-    from .data.root import data_root
-    from .plots import plot_probe
-    from .profiles import PROBES
+    from d2v_lab.data.root import data_root
+    from d2v_lab.lab.plots import plot_probe
+    from d2v_lab.train.checkpoint import build_model, load_run
+    from d2v_lab.train.loop import usable_device
+    from d2v_lab.train.profiles import PROBES
+
     from .supervised import train_supervised
-    from .train import usable_device
 
     if supervised_epochs is not None and supervised_epochs < 0:
         raise ValueError(f"supervised_epochs must be >= 0, got {supervised_epochs}")
@@ -235,9 +236,9 @@ def cached_probe(run_dir, root=None, progress: bool = True, log=print) -> dict:
     import json
     from pathlib import Path
 
-    from .checkpoint import CHECKPOINT
-    from .data.root import data_root
-    from .profiles import PROBES
+    from d2v_lab.data.root import data_root
+    from d2v_lab.train.checkpoint import CHECKPOINT
+    from d2v_lab.train.profiles import PROBES
     run_dir = Path(run_dir)
     cached = run_dir / "probe.json"
     if cached.is_file() and cached.stat().st_mtime >= (run_dir / CHECKPOINT).stat().st_mtime:

@@ -123,8 +123,8 @@ def plot_modalities_2d(points: dict[str, tuple[np.ndarray, np.ndarray]], title: 
 def plot_alignment_umaps(feats: dict, cfg, out_dir) -> list:
     """Joint UMAP of image, text (word vectors) and audio: (1) raw data2vec spaces, each reduced to the
     same width on its own; (2) after joint association heads trained on concept pairs."""
-    from .align import to_common_dim
-    from .associate import train_joint_heads
+    from d2v_lab.crossmodal.controls import train_joint_heads
+    from d2v_lab.crossmodal.metrics import to_common_dim
 
     rng = np.random.default_rng(cfg.seed)
     names = [m for m in ("image", "text_word", "audio") if m in feats]
@@ -228,7 +228,7 @@ def plot_teacher_dynamics(runs: list[dict], axes=None, path=None):
 
 
 def plot_tau_schedule(tau0: float, tau_end: float, ramp_steps: int, steps: int, ax=None, path=None):
-    from .ema import tau_at
+    from d2v_lab.model.ema import tau_at
 
     fig, ax = _new_axes(ax, figsize=(5, 3))
     xs = np.arange(steps)

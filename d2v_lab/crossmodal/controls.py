@@ -19,8 +19,18 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .align import (ArrayLike, _as_labels, _as_numpy, _check_paired, _check_same_width, _pair_cosine,
-                    cross_modal_retrieval, permutation_null, retrieval_chance, to_common_dim)
+from .metrics import (
+    ArrayLike,
+    _as_labels,
+    _as_numpy,
+    _check_paired,
+    _check_same_width,
+    _pair_cosine,
+    cross_modal_retrieval,
+    permutation_null,
+    retrieval_chance,
+    to_common_dim,
+)
 
 # -----------------------------------------------------------------------------
 # positive control 1: orthogonal Procrustes (Schonemann 1966)

@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .config import MODALITIES
-from .data import dataset_info
-from .data.root import DatasetNotFound, data_root, project_root
+from d2v_lab.data import dataset_info
+from d2v_lab.data.root import DatasetNotFound, data_root, project_root
+from d2v_lab.train.config import MODALITIES
 
 STAGES = ("data", "masks", "pretrain image", "pretrain text", "pretrain audio", "probes", "alignment", "report")
 
@@ -26,12 +26,13 @@ def default_runs_dir(profile: str) -> Path:
 
 def run_tour(profile: str | None = None, out_dir=None, root=None, progress: bool = True) -> dict:
     """Run every stage; write figures/, report.md and summary.json into ``out_dir``; return the summary."""
-    from .crossmodal import ALIGN_PROFILES, cached_alignment
-    from .inputs import example_samples
+    from d2v_lab.crossmodal.experiment import ALIGN_PROFILES, cached_alignment
+    from d2v_lab.evaluate.probe import cached_probe
+    from d2v_lab.train.inputs import example_samples
+    from d2v_lab.train.loop import ensure_pretrained
+    from d2v_lab.train.profiles import default_profile, get_profile
+
     from .plots import plot_training, read_metrics
-    from .probe import cached_probe
-    from .profiles import default_profile, get_profile
-    from .train import ensure_pretrained
     from .widgets import draw_masks
 
     profile = profile or default_profile()

@@ -19,10 +19,10 @@ import torch
 from sklearn.model_selection import train_test_split
 from tokenizers import Tokenizer
 
-from .concepts import CONCEPT_WORDS, concepts_in, mask_concept
-from .data import load_cifar10, load_fsdd, load_speech_commands, load_stories
-from .data.tokenizer import CLS_ID, MASK_ID, PAD_ID, SPECIAL_TOKENS
-from .inputs import audio_inputs
+from d2v_lab.data import load_cifar10, load_fsdd, load_speech_commands, load_stories
+from d2v_lab.data.concepts import CONCEPT_WORDS, concepts_in, mask_concept
+from d2v_lab.data.tokenizer import CLS_ID, MASK_ID, PAD_ID, SPECIAL_TOKENS
+from d2v_lab.train.inputs import audio_inputs
 
 SPLITS = ("train", "val", "test")
 

@@ -15,7 +15,8 @@ import math
 import torch
 import torch.nn as nn
 
-from .data.tokenizer import MASK_ID, PAD_ID, SPECIAL_TOKENS
+from d2v_lab.data.tokenizer import MASK_ID, PAD_ID, SPECIAL_TOKENS
+
 from .masking import MaskConfig, bert_corrupt, sample_mask
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)  # per-channel pixel statistics of the CIFAR-10 training set

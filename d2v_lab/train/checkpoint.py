@@ -13,10 +13,11 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer
 
+from d2v_lab.model.data2vec import Data2Vec
+from d2v_lab.model.modalities import AudioAdapter, ImageAdapter, TextAdapter
+from d2v_lab.model.transformer import Encoder
+
 from .config import RunConfig, config_diff
-from .data2vec import Data2Vec
-from .modalities import AudioAdapter, ImageAdapter, TextAdapter
-from .transformer import Encoder
 
 FORMAT = 1
 CHECKPOINT = "checkpoint.pt"

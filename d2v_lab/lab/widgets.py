@@ -7,7 +7,8 @@ import matplotlib.pyplot as plt
 import torch
 from IPython.display import display
 
-from .masking import MaskConfig, sample_mask, start_prob
+from d2v_lab.model.masking import MaskConfig, sample_mask, start_prob
+
 from .plots import plot_teacher_dynamics, show_image_mask, show_spectrogram_mask, show_text_mask
 
 

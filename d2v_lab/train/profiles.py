@@ -16,10 +16,11 @@ from __future__ import annotations
 import dataclasses
 import os
 
+from d2v_lab.model.data2vec import Data2VecConfig
+from d2v_lab.model.masking import MaskConfig
+from d2v_lab.model.transformer import EncoderConfig
+
 from .config import MODALITIES, DataConfig, RunConfig, TrainConfig
-from .data2vec import Data2VecConfig
-from .masking import MaskConfig
-from .transformer import EncoderConfig
 
 PROFILES = ("ci", "cpu", "gpu")
 ENV_VAR = "D2V_LAB_PROFILE"

@@ -26,15 +26,25 @@ import torch
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
-from .align import (cross_modal_retrieval, mutual_knn_chance, mutual_knn_layers, permutation_null,
-                    retrieval_chance, rotation_null, rsa, to_common_dim, unbiased_cka)
-from .associate import association_control, procrustes_control
-from .concepts import CONCEPT_WORDS, DIGIT_WORDS, first_mentions
-from .data import load_cifar10, load_fsdd, load_speech_commands, load_stories
-from .data.root import DatasetNotFound
-from .data.tokenizer import CLS_ID, PAD_ID
-from .inputs import audio_inputs
-from .probe import layer_features
+from d2v_lab.data import load_cifar10, load_fsdd, load_speech_commands, load_stories
+from d2v_lab.data.concepts import CONCEPT_WORDS, DIGIT_WORDS, first_mentions
+from d2v_lab.data.root import DatasetNotFound
+from d2v_lab.data.tokenizer import CLS_ID, PAD_ID
+from d2v_lab.evaluate.probe import layer_features
+from d2v_lab.train.inputs import audio_inputs
+
+from .controls import association_control, procrustes_control
+from .metrics import (
+    cross_modal_retrieval,
+    mutual_knn_chance,
+    mutual_knn_layers,
+    permutation_null,
+    retrieval_chance,
+    rotation_null,
+    rsa,
+    to_common_dim,
+    unbiased_cka,
+)
 
 IMAGE_CONCEPTS = tuple(CONCEPT_WORDS)                       # the CIFAR-10 classes
 SPOKEN_CONCEPTS = DIGIT_WORDS + ("bird", "cat", "dog")      # words that are both spoken and written
@@ -244,7 +254,7 @@ ALIGN_PROFILES = {"ci": AlignConfig(per_concept=20, umap_points=300),
 def collect_features(image_dir, text_dir, audio_dir, cfg: AlignConfig, root=None,
                      progress: bool = True) -> dict[str, ConceptFeatures]:
     """Concept features of every modality from three pretraining runs."""
-    from .checkpoint import load_run
+    from d2v_lab.train.checkpoint import load_run
 
     image, _, _ = load_run(image_dir, "image")
     text, text_cfg, tok = load_run(text_dir, "text")
@@ -264,7 +274,7 @@ def collect_features(image_dir, text_dir, audio_dir, cfg: AlignConfig, root=None
 def run_alignment(image_dir, text_dir, audio_dir, out_dir, cfg: AlignConfig = AlignConfig(), root=None,
                   progress: bool = True) -> dict:
     """Compare every modality pair; write align.json and the UMAP figures into out_dir."""
-    from .plots import plot_alignment_umaps
+    from d2v_lab.lab.plots import plot_alignment_umaps
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -288,7 +298,7 @@ def run_alignment(image_dir, text_dir, audio_dir, out_dir, cfg: AlignConfig = Al
 def cached_alignment(runs_dir, cfg: AlignConfig, root=None, progress: bool = True, log=print) -> dict:
     """align.json under runs_dir/alignment when newer than the three checkpoints, else run_alignment
     on runs_dir/{image,text,audio}."""
-    from .checkpoint import CHECKPOINT
+    from d2v_lab.train.checkpoint import CHECKPOINT
     runs_dir = Path(runs_dir)
     cached = runs_dir / "alignment" / "align.json"
     inputs = [runs_dir / m / CHECKPOINT for m in ("image", "text", "audio")]

@@ -15,9 +15,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .checkpoint import build_model
-from .config import RunConfig
-from .perf import autocast_for
+from d2v_lab.train.checkpoint import build_model
+from d2v_lab.train.config import RunConfig
+from d2v_lab.train.perf import autocast_for
+
 from .tasks import ProbeData
 
 
