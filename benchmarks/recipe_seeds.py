@@ -41,15 +41,14 @@ def main() -> None:
         tic = time.perf_counter()
         run = ensure_pretrained(cfg, out / f"seed{seed}", progress=False)
         train_s = time.perf_counter() - tic
-        probe = run_probe(run, supervised=False, progress=False)  # also writes the seed's probe.json
-        rows.append({"seed": seed, "pretrained": probe["linear"]["pretrained"],
-                     "random_init": probe["linear"]["random_init"],
-                     "layer": probe["selected"]["pretrained"]["layer"], "pretrain_s": round(train_s)})
+        probe = run_probe(run, supervised=False, progress=False).main  # also writes the seed's probe.json
+        rows.append({"seed": seed, "pretrained": probe.linear.pretrained, "random_init": probe.linear.random_init,
+                     "layer": probe.selected["pretrained"]["layer"], "pretrain_s": round(train_s)})
         print(json.dumps(rows[-1]), flush=True)
-    raw = probe["linear"]["raw_input"]  # the same input and labels for every seed
-    (out / "seeds.json").write_text(json.dumps({"overrides": args.overrides, "task": probe["task"], "rows": rows,
+    raw = probe.linear.raw_input  # the same input and labels for every seed
+    (out / "seeds.json").write_text(json.dumps({"overrides": args.overrides, "task": probe.task, "rows": rows,
                                                 "raw_input": raw}, indent=2))
-    print(f"\n{args.modality} {probe['task']} (n_test={probe['n_test']}), overrides: {args.overrides or 'none'}")
+    print(f"\n{args.modality} {probe.task} (n_test={probe.n_test}), overrides: {args.overrides or 'none'}")
     print(f"{'seed':>6}{'d2v':>8}{'random':>8}{'layer':>7}  pretraining")
     for r in rows:
         print(f"{r['seed']:>6}{r['pretrained']:>8.1%}{r['random_init']:>8.1%}{r['layer']:>7}  "

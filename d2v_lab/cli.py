@@ -5,12 +5,20 @@ import argparse
 import json
 import sys
 
+from d2v_lab.crossmodal.experiment import run_alignment
+from d2v_lab.crossmodal.results import SkippedPair
 from d2v_lab.data import DataError, dataset_info
 from d2v_lab.data.download import DATASETS, ensure_dataset
 from d2v_lab.data.root import data_root
+from d2v_lab.evaluate.probe import run_probe
+from d2v_lab.lab.figures import save_alignment_figures, save_probe_figure
+from d2v_lab.lab.report import summary_table
+from d2v_lab.lab.tour import run_tour
 from d2v_lab.train.checkpoint import CheckpointError
 from d2v_lab.train.config import MODALITIES
-from d2v_lab.train.profiles import PROFILES
+from d2v_lab.train.loop import TrainingStopped, pretrain
+from d2v_lab.train.profiles import PROFILES, get_profile, preset
+from d2v_lab.train.runs import ALIGN_JSON, PROBE_JSON, PROBE_PNG, REPORT, UMAP_TAGS, umap_png
 
 
 def _print_info(info: dict) -> None:
@@ -54,9 +62,6 @@ def cmd_data(args) -> int:
 
 
 def cmd_pretrain(args) -> int:
-    from d2v_lab.train.loop import TrainingStopped, pretrain
-    from d2v_lab.train.profiles import get_profile
-
     cfg = get_profile(args.modality, args.profile, args.version).with_overrides(args.set or [])
     try:
         result = pretrain(cfg, args.out, resume=args.resume)
@@ -70,59 +75,55 @@ def cmd_pretrain(args) -> int:
 
 
 def cmd_probe(args) -> int:
-    from d2v_lab.evaluate.probe import run_probe
-
     result = run_probe(args.checkpoint, supervised=not args.no_supervised, progress=not args.json,
                        supervised_epochs=args.supervised_epochs)
+    save_probe_figure(result, args.checkpoint)
     if args.json:
-        print(json.dumps(result))
+        print(json.dumps(result.to_json()))
         return 0
-    for r in [result, *result["extra_tasks"]]:
-        print(f"\n{r['modality']} / {r['task']}: {r['n_train']} train (incl. {r['n_val']} val), "
-              f"{r['n_test']} test, chance {100 * r['chance']:.1f}%")
-        if r["note"]:
-            print(f"  note: {r['note']}")
-        sup = r["supervised"]
+    for r in result.tasks:
+        print(f"\n{r.modality} / {r.task}: {r.n_train} train (incl. {r.n_val} val), "
+              f"{r.n_test} test, chance {100 * r.chance:.1f}%")
+        if r.note:
+            print(f"  note: {r.note}")
         print(f"  {'':<12}{'linear':>9}{'kNN':>9}")
         for name in ("pretrained", "random_init", "raw_input"):
-            print(f"  {name:<12}{100 * r['linear'][name]:>8.1f}%{100 * r['knn'][name]:>8.1f}%")
-        if sup:
-            print(f"  supervised (same architecture, {sup['epochs']} epochs): {100 * sup['accuracy']:.1f}%")
-        sel = r["selected"]["pretrained"]
+            print(f"  {name:<12}{100 * getattr(r.linear, name):>8.1f}%{100 * getattr(r.knn, name):>8.1f}%")
+        if r.supervised:
+            print(f"  supervised (same architecture, {r.supervised['epochs']} epochs): "
+                  f"{100 * r.supervised_accuracy:.1f}%")
+        sel = r.selected["pretrained"]
         print(f"  best layer on validation: {sel['layer']} ({sel['pool']} pooling)")
-    print(f"\nwrote {args.checkpoint}/probe.json and probe.png")
+    print(f"\nwrote {args.checkpoint}/{PROBE_JSON} and {PROBE_PNG}")
     return 0
 
 
 def cmd_align(args) -> int:
-    from d2v_lab.crossmodal.experiment import ALIGN_PROFILES, run_alignment
-    from d2v_lab.train.profiles import default_profile
-
-    cfg = ALIGN_PROFILES[args.profile or default_profile()]
     out = args.out or args.text
-    summary = run_alignment(args.image, args.text, args.audio, out, cfg, progress=not args.json)
+    result = run_alignment(args.image, args.text, args.audio, out, preset(args.profile).align,
+                           progress=not args.json)
+    save_alignment_figures(out)
     if args.json:
-        print(json.dumps(summary))
+        print(json.dumps(result.to_json()))
         return 0
-    for name, r in summary["pairs"].items():
-        print(f"\n{name}: " + (f"skipped ({r['skipped']})" if "skipped" in r else f"{r['n_pairs']} concept pairs"))
-        for line in r.get("verdict", {}).get("text", []):
+    for name, r in result.pairs.items():
+        if isinstance(r, SkippedPair):
+            print(f"\n{name}: skipped ({r.skipped})")
+            continue
+        print(f"\n{name}: {r.n_pairs} concept pairs")
+        for line in r.verdict.text:
             print(f"  - {line}")
-    print(f"\nwrote {out}/align.json, umap_raw.png, umap_associated.png")
+    print(f"\nwrote {out}/{ALIGN_JSON}, " + ", ".join(umap_png(t) for t in UMAP_TAGS))
     return 0
 
 
 def cmd_tour(args) -> int:
-    from d2v_lab.lab.tour import run_tour, summary_table
-
     summary = run_tour(args.profile, args.out)
-    print("\n" + summary_table(summary))
-    for name, r in summary["alignment"]["pairs"].items():
-        if "verdict" in r:
-            v = r["verdict"]
-            print(f"{name}: shared space {'YES' if v['shared_space'] else 'NO'}, alignable with paired data "
-                  f"{'YES' if v['alignable'] else 'NO'}")
-    print(f"\nreport: {summary['out']}/report.md   (time per stage, s: {summary['timings_s']})")
+    print("\n" + summary_table(summary.probes))
+    for name, r in summary.alignment.compared.items():
+        print(f"{name}: shared space {'YES' if r.verdict.shared_space else 'NO'}, alignable with paired data "
+              f"{'YES' if r.verdict.alignable else 'NO'}")
+    print(f"\nreport: {summary.out}/{REPORT}   (time per stage, s: {summary.timings_s})")
     return 0
 
 

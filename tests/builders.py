@@ -83,3 +83,39 @@ def write_fsdd(root: Path, speakers=("alice", "bob", "carol"), takes=2) -> Path:
             for t in range(takes):
                 write_wav(folder / f"{d}_{s}_{t}.wav", seconds=0.3 + 0.05 * d, rate=8000, freq=300 + 50 * d)
     return folder
+
+
+# --- result objects with neutral numbers, for tests of what reads them ------------------------------
+
+def task_result(task="cifar10", modality="image", chance=0.1, linear=(0.5, 0.3, 0.3), knn=(0.4, 0.2, 0.2),
+                supervised=None, n_test=100, note="", layer=2, pool="mean"):
+    """A TaskResult: ``linear`` / ``knn`` = (pretrained, random_init, raw_input); ``supervised`` an accuracy."""
+    from d2v_lab.evaluate.results import Scores, TaskResult
+    return TaskResult(modality=modality, task=task, checkpoint="run", n_train=10 * n_test, n_val=n_test,
+                      n_test=n_test, chance=chance, majority=chance, classes=["a", "b"], linear=Scores(*linear),
+                      knn=Scores(*knn), knn_k=10, supervised=None if supervised is None else {"accuracy": supervised,
+                                                                                             "epochs": 1},
+                      selected={"pretrained": {"layer": layer, "pool": pool}}, per_layer=[], pool=pool, note=note)
+
+
+def pair_result(**sections):
+    """A PairResult with neutral numbers; each keyword replaces fields of one section, e.g.
+    ``pair_result(retrieval_raw={"observed": 0.5}, verdict={"shared_space": True, ...})``."""
+    from d2v_lab.crossmodal.results import pair_from_json
+    base = {"pair": "a-b", "sources": ["a", "b"], "n_pairs": 200, "concepts": {"c": 200},
+            "mutual_knn": {"best": 0.1, "best_layers": [0, 0], "null_p95": 0.2, "chance": 0.05, "k": 10,
+                           "all_layer_pairs": [[0.1]]},
+            "cka": {"observed": 0.1, "null_p95": 0.2},
+            "retrieval_raw": {"observed": 0.1, "chance": 0.1, "permutation_p95": 0.2, "rotation_p95": 0.2,
+                              "common_dim": 32},
+            "procrustes": {"retrieval_before": 0.1, "retrieval_after": 0.1, "pair_cosine_before": 0.0,
+                           "pair_cosine_after": 0.0, "chance": 0.1, "n_fit": 100.0, "n_eval": 100.0, "null_p95": 0.2},
+            "association": {"retrieval": 0.1, "retrieval_baseline": 0.1, "pair_cosine": 0.0, "chance": 0.1,
+                            "final_loss": 1.0, "n_fit": 100.0, "n_eval": 100.0, "null_p95": 0.2},
+            "rsa": {"observed": 0.0, "p95": 0.5, "n_concepts": 5, "interpretable": True},
+            "verdict": {"shared_space": False, "alignable": False,
+                        "structure": {"mutual_knn": False, "cka": False, "rsa": False}, "text": []}}
+    merged = ("mutual_knn", "cka", "retrieval_raw", "procrustes", "association", "rsa", "verdict")
+    for key, value in sections.items():
+        base[key] = {**base[key], **value} if key in merged and value is not None else value
+    return pair_from_json(base)

@@ -7,12 +7,17 @@ import math
 import pytest
 import torch
 
+from d2v_lab.crossmodal.results import AlignmentResult, SkippedPair
 from d2v_lab.data.concepts import CONCEPT_WORDS, concept_pattern, concepts_in, first_mentions, mask_concept
+from d2v_lab.evaluate.results import ProbeResult
 from d2v_lab.lab.demos import demo_config, layer_target_stats, teacher_dynamics
-from d2v_lab.lab.tour import render_report, summary_table
+from d2v_lab.lab.report import render_report, summary_table
+from d2v_lab.lab.tour import TourSummary, TrainingSummary
 from d2v_lab.train.checkpoint import build_model
 from d2v_lab.train.inputs import pretraining_data
 from d2v_lab.train.profiles import get_profile
+
+from builders import pair_result, task_result
 
 # --- concepts -----------------------------------------------------------------------------------------
 
@@ -114,35 +119,35 @@ def test_layer_target_stats_normalised_scale():
 
 # --- the tour's report ---------------------------------------------------------------------------
 
-def probe_entry(task, chance, linear, knn, sup, n_test, note="", extra=()):
-    return {"task": task, "n_test": n_test, "chance": chance, "note": note,
-            "linear": {"pretrained": linear[0], "random_init": linear[1], "raw_input": linear[2]},
-            "knn": {"pretrained": knn, "random_init": 0.0, "raw_input": 0.0},
-            "supervised": None if sup is None else {"accuracy": sup},
-            "selected": {"pretrained": {"layer": 2, "pool": "mean"}}, "extra_tasks": list(extra)}
+def probes() -> dict:
+    return {
+        "image": ProbeResult([task_result("cifar10", "image", 0.1, (0.417, 0.253, 0.306), (0.382, 0, 0), 0.559, 2000)],
+                             {}, "root"),
+        "audio": ProbeResult([task_result("fsdd_digits", "audio", 0.1, (0.734, 0.512, 0.288), (0.645, 0, 0), None,
+                                          500, "test speaker unseen"),
+                              task_result("speechcommands_words", "audio", 1 / 30, (0.071, 0.036, 0.012),
+                                          (0.043, 0, 0), 0.089, 56, "only 6 clips per word")], {}, "root"),
+    }
 
 
-SUMMARY = {
-    "profile": "ci", "out": "/tmp/tour-out",
-    "pretraining": {"image": {"steps": 20, "version": 2, "encoder": "2 blocks x 64 dims",
-                              "heldout_loss_first": 1.2345, "heldout_loss_last": 0.5432,
-                              "target_std_last": 0.812, "min_target_std": 0.701, "samples_per_s": 123.4}},
-    "probes": {
-        "image": probe_entry("cifar10", 0.1, (0.417, 0.253, 0.306), 0.382, 0.559, 2000),
-        "audio": probe_entry("fsdd_digits", 0.1, (0.734, 0.512, 0.288), 0.645, None, 500, "test speaker unseen",
-                             extra=[probe_entry("speechcommands_words", 1 / 30, (0.071, 0.036, 0.012), 0.043,
-                                                0.089, 56, "only 6 clips per word")]),
-    },
-    "alignment": {"pairs": {
-        "image-text_word": {"n_pairs": 180, "concepts": {"cat": 90, "dog": 90},
-                            "verdict": {"text": ["shared space: NO: retrieval is 47.2%", "alignable: YES: 81.9%"]}},
-        "audio-image": {"pair": "audio-image", "skipped": "no concept has >= 5 samples"},
-    }},
-}
+def summary(**fields) -> TourSummary:
+    return TourSummary("ci", "/tmp/tour-out", **fields)
+
+
+SUMMARY = summary(
+    pretraining={"image": TrainingSummary(steps=20, version=2, final_loss=0.5, heldout_loss_first=1.2345,
+                                          heldout_loss_last=0.5432, target_std_last=0.812, min_target_std=0.701,
+                                          samples_per_s=123.4, encoder="2 blocks x 64 dims")},
+    probes=probes(),
+    alignment=AlignmentResult({}, {}, {
+        "image-text_word": pair_result(n_pairs=180, concepts={"cat": 90, "dog": 90},
+                                       verdict={"text": ["shared space: NO: retrieval is 47.2%",
+                                                         "alignable: YES: 81.9%"]}),
+        "audio-image": SkippedPair("audio-image", "no concept has >= 5 samples")}))
 
 
 def test_summary_table_has_every_accuracy_as_a_percentage():
-    table = summary_table(SUMMARY).splitlines()
+    table = summary_table(SUMMARY.probes).splitlines()
     assert len(table) == 2 + 3                                          # header, rule, one row per task
     row = {line.split("|")[2].strip().split(" (")[0]: line for line in table[2:]}
     assert set(row) == {"cifar10", "fsdd_digits", "speechcommands_words"}
@@ -158,7 +163,7 @@ def test_summary_table_has_every_accuracy_as_a_percentage():
 def test_render_report_quotes_the_numbers_and_the_verdicts():
     report = render_report(SUMMARY)
     assert report.startswith("# d2v_lab tour report (ci profile)")
-    assert summary_table(SUMMARY) in report
+    assert summary_table(SUMMARY.probes) in report
     assert "- shared space: NO: retrieval is 47.2%" in report and "- alignable: YES: 81.9%" in report
     assert "### image-text_word (180 concept pairs over 2 concepts)" in report
     assert "Skipped: no concept has >= 5 samples" in report
@@ -166,5 +171,5 @@ def test_render_report_quotes_the_numbers_and_the_verdicts():
     assert "- image: best layer 2 (mean pooling)" in report
     assert "  - speechcommands_words: only 6 clips per word" in report
     assert "## Time per stage" not in report                            # no timings in this summary
-    minimal = render_report({"profile": "cpu", "out": "x"})
+    minimal = render_report(TourSummary("cpu", "x"))
     assert "## Linear probes" not in minimal and "## Do the three modalities" not in minimal

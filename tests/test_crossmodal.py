@@ -8,18 +8,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from d2v_lab.crossmodal import experiment as crossmodal
+from d2v_lab.crossmodal import pairing as crossmodal
 from d2v_lab.crossmodal.controls import concept_info_nce, train_joint_heads
-from d2v_lab.crossmodal.experiment import (
-    IMAGE_CONCEPTS,
-    SPOKEN_CONCEPTS,
-    ConceptFeatures,
-    compare,
-    concept_pairs,
-    conclusion,
-    rsa_null,
-    verdict,
-)
+from d2v_lab.crossmodal.experiment import compare
+from d2v_lab.crossmodal.metrics import rsa_null
+from d2v_lab.crossmodal.pairing import IMAGE_CONCEPTS, SPOKEN_CONCEPTS, ConceptFeatures, concept_pairs
+from d2v_lab.crossmodal.results import AlignmentResult, PairResult, SkippedPair
+from d2v_lab.crossmodal.verdict import conclusion, verdict
 from d2v_lab.data import load_cifar10, load_fsdd, load_speech_commands, load_stories
 from d2v_lab.data.concepts import concept_pattern, concepts_in
 from d2v_lab.data.tokenizer import CLS_ID, PAD_ID
@@ -29,7 +24,7 @@ from d2v_lab.train.inputs import audio_inputs
 from d2v_lab.train.loop import pretrain
 from d2v_lab.train.profiles import get_profile
 
-from builders import write_cifar, write_tinystories
+from builders import pair_result, write_cifar, write_tinystories
 
 
 def feats(modality: str, counts: dict[str, int], layers: int = 2, dim: int = 4, seed: int = 0) -> ConceptFeatures:
@@ -81,15 +76,15 @@ def pct(v: float) -> str:
     return f"{100 * v:.1f}%"
 
 
-def check_verdict_quotes_numbers(r: dict) -> None:
-    text = r["verdict"]["text"]
-    raw, assoc = r["retrieval_raw"], r["association"]
-    assert pct(raw["observed"]) in text[0] and pct(raw["chance"]) in text[0]
-    assert pct(max(raw["permutation_p95"], raw["rotation_p95"])) in text[0]
-    assert text[0].startswith("shared space: " + ("YES" if r["verdict"]["shared_space"] else "NO"))
-    assert pct(assoc["retrieval"]) in text[1] and pct(assoc["null_p95"]) in text[1]
-    assert pct(r["procrustes"]["retrieval_after"]) in text[1]
-    assert f"{r['mutual_knn']['best']:.3f}" in text[2] and f"{r['cka']['observed']:.3f}" in text[2]
+def check_verdict_quotes_numbers(r: PairResult) -> None:
+    text = r.verdict.text
+    raw, assoc = r.retrieval_raw, r.association
+    assert pct(raw.observed) in text[0] and pct(raw.chance) in text[0]
+    assert pct(max(raw.permutation_p95, raw.rotation_p95)) in text[0]
+    assert text[0].startswith("shared space: " + ("YES" if r.verdict.shared_space else "NO"))
+    assert pct(assoc.retrieval) in text[1] and pct(assoc.null_p95) in text[1]
+    assert pct(r.procrustes.retrieval_after) in text[1]
+    assert f"{r.mutual_knn.best:.3f}" in text[2] and f"{r.cka.observed:.3f}" in text[2]
 
 
 def test_compare_identical_paired_features_share_one_space():
@@ -101,12 +96,12 @@ def test_compare_identical_paired_features_share_one_space():
     layers_b = np.empty_like(fa.layers)
     layers_b[:, ib] = fa.layers[:, ia]
     r = compare(fa, ConceptFeatures("b", layers_b, LABELS, "b"), n_shuffles=30)
-    assert r["mutual_knn"]["best"] == 1.0
-    assert r["cka"]["observed"] == pytest.approx(1.0, abs=1e-9)
-    assert r["retrieval_raw"]["observed"] == 1.0
-    assert r["n_pairs"] == N_CONCEPTS * PER and r["concepts"] == {c: PER for c in np.unique(LABELS)}
-    v = r["verdict"]
-    assert v["shared_space"] and v["alignable"] and v["structure"] == {"mutual_knn": True, "cka": True, "rsa": True}
+    assert r.mutual_knn.best == 1.0
+    assert r.cka.observed == pytest.approx(1.0, abs=1e-9)
+    assert r.retrieval_raw.observed == 1.0
+    assert r.n_pairs == N_CONCEPTS * PER and r.concepts == {c: PER for c in np.unique(LABELS)}
+    v = r.verdict
+    assert v.shared_space and v.alignable and v.structure == {"mutual_knn": True, "cka": True, "rsa": True}
     check_verdict_quotes_numbers(r)
 
 
@@ -114,14 +109,14 @@ def test_compare_independent_clustered_spaces_are_alignable_not_shared():
     fa = ConceptFeatures("image", clustered(2, 12), LABELS, "a")
     fb = ConceptFeatures("text", clustered(3, 20), LABELS, "b")      # other width, unrelated centres
     r = compare(fa, fb, n_shuffles=30)
-    v = r["verdict"]
-    assert r["pair"] == "image-text"
-    assert not v["shared_space"]
-    raw = r["retrieval_raw"]
-    assert raw["observed"] <= max(raw["permutation_p95"], raw["rotation_p95"])
-    assert v["alignable"] and r["association"]["retrieval"] > 0.9 > r["association"]["null_p95"]
-    assert v["structure"]["mutual_knn"]                               # both group by concept: second order
-    assert r["mutual_knn"]["best"] > 3 * r["mutual_knn"]["chance"]
+    v = r.verdict
+    assert r.pair == "image-text"
+    assert not v.shared_space
+    raw = r.retrieval_raw
+    assert raw.observed <= max(raw.permutation_p95, raw.rotation_p95)
+    assert v.alignable and r.association.retrieval > 0.9 > r.association.null_p95
+    assert v.structure["mutual_knn"]                               # both group by concept: second order
+    assert r.mutual_knn.best > 3 * r.mutual_knn.chance
     check_verdict_quotes_numbers(r)
 
 
@@ -129,35 +124,35 @@ def test_compare_pure_noise_is_neither_shared_nor_alignable():
     fa = ConceptFeatures("a", clustered(4, 12, noise_only=True), LABELS, "a")
     fb = ConceptFeatures("b", clustered(5, 20, noise_only=True), LABELS, "b")
     r = compare(fa, fb, n_shuffles=30)
-    v = r["verdict"]
-    assert not v["shared_space"] and not v["alignable"]
-    assert not v["structure"]["mutual_knn"] and not v["structure"]["cka"]
-    assert abs(r["association"]["retrieval"] - r["association"]["chance"]) < 0.2
+    v = r.verdict
+    assert not v.shared_space and not v.alignable
+    assert not v.structure["mutual_knn"] and not v.structure["cka"]
+    assert abs(r.association.retrieval - r.association.chance) < 0.2
     check_verdict_quotes_numbers(r)
 
 
 def test_verdict_flags_follow_the_numbers():
-    base = {"retrieval_raw": {"observed": 0.5, "chance": 0.2, "permutation_p95": 0.3, "rotation_p95": 0.6},
-            "association": {"retrieval": 0.7, "null_p95": 0.3, "n_fit": 40},
-            "procrustes": {"retrieval_after": 0.4},
-            "mutual_knn": {"best": 0.2, "null_p95": 0.25}, "cka": {"observed": 0.4, "null_p95": 0.1},
-            "rsa": {"observed": 0.9, "p95": 0.5, "n_concepts": 4, "interpretable": False}}
-    v = verdict(base)
-    assert not v["shared_space"]                                      # 0.5 is inside the ROTATION null (0.6)
-    assert v["alignable"] and v["structure"] == {"mutual_knn": False, "cka": True, "rsa": False}
-    assert "too few concepts" in v["text"][2] and "50.0%" in v["text"][0] and "60.0%" in v["text"][0]
+    base = dict(retrieval_raw={"observed": 0.5, "chance": 0.2, "permutation_p95": 0.3, "rotation_p95": 0.6},
+                association={"retrieval": 0.7, "null_p95": 0.3, "n_fit": 40},
+                procrustes={"retrieval_after": 0.4},
+                mutual_knn={"best": 0.2, "null_p95": 0.25}, cka={"observed": 0.4, "null_p95": 0.1},
+                rsa={"observed": 0.9, "p95": 0.5, "n_concepts": 4, "interpretable": False})
+    v = verdict(pair_result(**base))
+    assert not v.shared_space                                      # 0.5 is inside the ROTATION null (0.6)
+    assert v.alignable and v.structure == {"mutual_knn": False, "cka": True, "rsa": False}
+    assert "too few concepts" in v.text[2] and "50.0%" in v.text[0] and "60.0%" in v.text[0]
     base["retrieval_raw"]["rotation_p95"] = 0.45
     base["rsa"].update(n_concepts=6, interpretable=True)
-    v2 = verdict(base)
-    assert v2["shared_space"] and v2["structure"]["rsa"] and "above the null band" in v2["text"][0]
-    assert v2["text"] != v["text"]
+    v2 = verdict(pair_result(**base))
+    assert v2.shared_space and v2.structure["rsa"] and "above the null band" in v2.text[0]
+    assert v2.text != v.text
 
 
 # --- RSA null -----------------------------------------------------------------------------------------
 
 def test_rsa_null_same_geometry_is_above_its_null():
     rng = np.random.default_rng(0)
-    for n_concepts, interpretable in ((7, True), (4, False)):
+    for n_concepts, interpretable in ((7, True), (4, False)):   # 4 concepts: too few for the null to beat
         labels = np.repeat([f"c{i}" for i in range(n_concepts)], 15)
         centres = rng.normal(size=(n_concepts, 10))
         idx = np.repeat(np.arange(n_concepts), 15)
@@ -165,31 +160,36 @@ def test_rsa_null_same_geometry_is_above_its_null():
         a = centres[idx] + 0.2 * rng.normal(size=(len(idx), 10))
         b = centres[idx] @ q + 0.2 * rng.normal(size=(len(idx), 10))  # same geometry, rotated coordinates
         r = rsa_null(a, b, labels, n_shuffles=50)
-        assert r["n_concepts"] == n_concepts and r["interpretable"] is interpretable
-        assert r["observed"] > 0.9
+        assert r.observed > 0.9 and r.n_shuffles == 50
         if interpretable:
-            assert r["observed"] > r["p95"]
+            assert r.observed > r.p95
     # unrelated geometry (independent centres): not above the null
     labels = np.repeat([f"c{i}" for i in range(7)], 15)
     idx = np.repeat(np.arange(7), 15)
     a = rng.normal(size=(7, 10))[idx] + 0.2 * rng.normal(size=(len(idx), 10))
     b = rng.normal(size=(7, 10))[idx] + 0.2 * rng.normal(size=(len(idx), 10))
     r = rsa_null(a, b, labels, n_shuffles=50)
-    assert r["observed"] <= r["p95"]
+    assert r.observed <= r.p95
 
 
 # --- the conclusion paragraph -----------------------------------------------------------------------
 
-def pair_result(shared: bool, alignable: bool, raw: float, chance: float, assoc: float, knn: bool, cka: bool) -> dict:
-    return {"n_pairs": 200, "retrieval_raw": {"observed": raw, "chance": chance}, "association": {"retrieval": assoc},
-            "verdict": {"shared_space": shared, "alignable": alignable,
-                        "structure": {"mutual_knn": knn, "cka": cka, "rsa": False}}}
+def concluded(shared: bool, alignable: bool, raw: float, chance: float, assoc: float, knn: bool,
+              cka: bool) -> PairResult:
+    return pair_result(n_pairs=200, retrieval_raw={"observed": raw, "chance": chance},
+                       association={"retrieval": assoc},
+                       verdict={"shared_space": shared, "alignable": alignable,
+                                "structure": {"mutual_knn": knn, "cka": cka, "rsa": False}})
+
+
+def alignment(pairs: dict) -> AlignmentResult:
+    return AlignmentResult({}, {}, pairs)
 
 
 def test_conclusion_is_computed_from_the_numbers():
-    separate = {"pairs": {"image-text_word": pair_result(False, True, 0.125, 0.1, 0.625, True, False),
-                          "audio-text_word": pair_result(False, False, 0.333, 0.3333, 0.35, False, False),
-                          "audio-image": {"pair": "audio-image", "skipped": "no concept"}}}
+    separate = alignment({"image-text_word": concluded(False, True, 0.125, 0.1, 0.625, True, False),
+                          "audio-text_word": concluded(False, False, 0.333, 0.3333, 0.35, False, False),
+                          "audio-image": SkippedPair("audio-image", "no concept")})
     text = conclusion(separate)
     assert "inside its null band for 2 of 2 pairs" in text
     assert "one objective, separate spaces" in text
@@ -198,17 +198,17 @@ def test_conclusion_is_computed_from_the_numbers():
     assert "above its null for 1 of 2 pairs" in text
     assert "Some relational structure is shared (image-text_word:" in text
 
-    one_shared = {"pairs": {"image-text_word": pair_result(True, True, 0.875, 0.1, 0.95, True, True),
-                            "audio-text_word": pair_result(False, True, 0.2, 0.25, 0.45, False, False)}}
+    one_shared = alignment({"image-text_word": concluded(True, True, 0.875, 0.1, 0.95, True, True),
+                            "audio-text_word": concluded(False, True, 0.2, 0.25, 0.45, False, False)})
     text2 = conclusion(one_shared)
     assert "inside its null band for 1 of 2 pairs and above it for image-text_word" in text2
     assert "separate spaces" not in text2
     assert "87.5%" in text2 and "95.0%" in text2 and "45.0%" in text2
     assert "above its null for 2 of 2 pairs" in text2
 
-    flat = {"pairs": {"a-b": pair_result(False, False, 0.1, 0.1, 0.1, False, False)}}
+    flat = alignment({"a-b": concluded(False, False, 0.1, 0.1, 0.1, False, False)})
     assert "Neither mutual kNN nor CKA rises above its null" in conclusion(flat)
-    assert conclusion({"pairs": {"a-b": {"skipped": "x"}}}).startswith("No modality pair")
+    assert conclusion(alignment({"a-b": SkippedPair("a-b", "x")})).startswith("No modality pair")
 
 
 # --- concept features of each modality -----------------------------------------------------------

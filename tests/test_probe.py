@@ -21,12 +21,13 @@ from d2v_lab.data.root import data_root
 from d2v_lab.data.tokenizer import CLS_ID, MASK_ID, PAD_ID, load_tokenizer, train_bpe
 from d2v_lab.evaluate import probe as probe_mod
 from d2v_lab.evaluate.probe import fit_logistic, knn_accuracy, layer_features, linear_probe, probe_features, run_probe
+from d2v_lab.evaluate.results import ProbeResult
 from d2v_lab.evaluate.tasks import cifar_task, concept_task, concept_windows, fsdd_task
 from d2v_lab.train.checkpoint import CHECKPOINT, build_model
 from d2v_lab.train.loop import pretrain
-from d2v_lab.train.profiles import PROBES, get_profile
+from d2v_lab.train.profiles import get_profile, preset
 
-from builders import write_cifar, write_stories
+from builders import task_result, write_cifar, write_stories
 
 
 def features_fp32(backbone, x, **kw):
@@ -46,10 +47,11 @@ def clusters(n: int, d: int = 6, k: int = 3, noise: float = 1.0, scale: float = 
 
 
 def standardise(train, *others):
-    """What the probe promises: standardise with the TRAINING mean and (unbiased) std only."""
-    t = torch.as_tensor(train, dtype=torch.float32)
-    mean, std = t.mean(0), t.std(0) + 1e-6
-    return [(torch.as_tensor(a, dtype=torch.float32) - mean) / std for a in (train, *others)]
+    """What the probe promises: standardise with the TRAINING mean and (population) std only."""
+    t = np.asarray(train, dtype=np.float64)
+    mean, std = t.mean(0), t.std(0)
+    return [torch.as_tensor((np.asarray(a, dtype=np.float64) - mean) / std, dtype=torch.float32)
+            for a in (train, *others)]
 
 
 class FitSpy:
@@ -448,6 +450,9 @@ def test_concept_windows_on_real_stories_hide_the_concept(shared_root):
         assert row[0] == CLS_ID and (row == MASK_ID).any()
 
 
+PROBES = preset("ci").probe
+
+
 # --- a whole probe run ----------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -465,30 +470,34 @@ def image_run(tmp_path_factory):
         pretrain(cfg, tmp / "run", progress=False, root=root)
         with threadpool_limits(limits=1):
             result = run_probe(tmp / "run", root, progress=False)
-        files = {name: (tmp / "run" / name).read_bytes() for name in ("probe.json", "probe.png")}
+        files = {name: (tmp / "run" / name).read_bytes() for name in ("probe.json",)}
         return tmp / "run", root, cfg, result, files
     finally:
         torch.set_num_threads(n)
 
 
 def test_run_probe_writes_documented_results(image_run):
-    _, _, cfg, r, files = image_run
-    assert {"modality", "task", "n_train", "n_test", "chance", "linear", "knn", "per_layer"} <= set(r)
-    assert (r["modality"], r["task"]) == ("image", "cifar10")
-    assert r["n_train"] == 200 and r["n_val"] == 20 and r["n_test"] == 30
-    assert r["chance"] == pytest.approx(1 / len(r["classes"])) == pytest.approx(0.1)
-    assert set(r["linear"]) == {"pretrained", "random_init", "raw_input"}
-    assert {"pretrained", "random_init", "raw_input"} <= set(r["knn"]) and r["knn"]["k"] == PROBES["ci"].knn_k
-    accs = [*r["linear"].values(), *(r["knn"][k] for k in ("pretrained", "random_init", "raw_input"))]
+    _, _, cfg, result, files = image_run
+    r = result.main
+    assert result.extra == [] and result.probe_config["knn_k"] == PROBES.knn_k
+    assert (r.modality, r.task) == ("image", "cifar10")
+    assert r.n_train == 200 and r.n_val == 20 and r.n_test == 30
+    assert r.chance == pytest.approx(1 / len(r.classes)) == pytest.approx(0.1)
+    assert r.knn_k == PROBES.knn_k
+    accs = [getattr(s, k) for s in (r.linear, r.knn) for k in ("pretrained", "random_init", "raw_input")]
     assert all(0.0 <= a <= 1.0 for a in accs)
-    assert [p["layer"] for p in r["per_layer"]] == list(range(cfg.encoder.depth + 1))
-    sel = r["selected"]["pretrained"]
-    assert r["linear"]["pretrained"] == sel["test"] == r["per_layer"][sel["layer"]]["pretrained"]
-    assert sel["val"] == max(p["pretrained_val"] for p in r["per_layer"])
-    assert r["supervised"]["epochs"] == PROBES["ci"].supervised_epochs["image"]
-    assert 0.0 <= r["supervised"]["accuracy"] <= 1.0 and r["supervised"]["n_train"] == 180
-    assert json.loads(files["probe.json"]) == json.loads(json.dumps(r))      # as written by run_probe
-    assert files["probe.png"][:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p["layer"] for p in r.per_layer] == list(range(cfg.encoder.depth + 1))
+    sel = r.selected["pretrained"]
+    assert r.linear.pretrained == sel["test"] == r.per_layer[sel["layer"]]["pretrained"]
+    assert sel["val"] == max(p["pretrained_val"] for p in r.per_layer)
+    assert r.supervised["epochs"] == PROBES.supervised_epochs["image"]
+    assert 0.0 <= r.supervised_accuracy <= 1.0 and r.supervised["n_train"] == 180
+    written = json.loads(files["probe.json"])
+    assert written == json.loads(json.dumps(result.to_json()))       # as written by run_probe
+    assert {"modality", "task", "n_train", "n_test", "chance", "linear", "knn", "per_layer", "extra_tasks"} <= set(written)
+    assert set(written["linear"]) == {"pretrained", "random_init", "raw_input"}
+    assert written["knn"]["k"] == PROBES.knn_k
+    assert ProbeResult.from_json(written) == result                   # the JSON round-trips
 
 
 def test_cli_probe_json_prints_one_object(image_run, capsys, monkeypatch):
@@ -497,8 +506,9 @@ def test_cli_probe_json_prints_one_object(image_run, capsys, monkeypatch):
     assert main(["probe", "--checkpoint", str(run), "--json", "--no-supervised"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["supervised"] is None and out["task"] == "cifar10"
-    assert out["linear"] == pytest.approx(r["linear"])                # the same run measures the same numbers
+    assert out["linear"] == pytest.approx(vars(r.main.linear))       # the same run measures the same numbers
     assert json.loads((run / "probe.json").read_text())["supervised"] is None
+    assert (run / "probe.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the CLI draws the figure
 
 
 def test_a_checkpoint_trained_on_a_gpu_is_probed_on_the_cpu_here(image_run, tmp_path, monkeypatch):
@@ -511,17 +521,17 @@ def test_a_checkpoint_trained_on_a_gpu_is_probed_on_the_cpu_here(image_run, tmp_
     torch.save(state, gpu_run / CHECKPOINT)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     result = run_probe(gpu_run, root, supervised=False, progress=False)
-    assert result["linear"] == pytest.approx(r["linear"])             # same model, same numbers, on the CPU
+    assert result.main.linear == r.main.linear                        # same model, same numbers, on the CPU
 
 
 def test_cli_probe_supervised_epochs_overrides_the_profile(image_run, capsys, monkeypatch):
     run, root, _, r, _ = image_run
     monkeypatch.setenv("D2V_LAB_DATA", str(root))
-    assert PROBES["ci"].supervised_epochs["image"] != 2
+    assert PROBES.supervised_epochs["image"] != 2
     assert main(["probe", "--checkpoint", str(run), "--json", "--supervised-epochs", "2"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["supervised"]["epochs"] == 2 and out["supervised"]["n_train"] == 180
-    assert out["linear"] == pytest.approx(r["linear"])
+    assert out["linear"] == pytest.approx(vars(r.main.linear))
     with pytest.raises(ValueError, match="supervised_epochs"):
         run_probe(run, root, supervised_epochs=-1, progress=False)
     assert main(["probe", "--checkpoint", str(run), "--supervised-epochs", "-1"]) == 2
@@ -535,9 +545,10 @@ def test_cached_probe_reuses_only_when_newer_than_checkpoint(tmp_path, monkeypat
     run.mkdir()
     (run / CHECKPOINT).write_bytes(b"weights")
     (run / "config.json").write_text(json.dumps({"modality": "image", "profile": "ci"}))
-    epochs = PROBES["ci"].supervised_epochs["image"]
-    cached = {"cached": True, "supervised": {"epochs": epochs}, "data_root": str(data_root())}
-    (run / "probe.json").write_text(json.dumps(cached))
+    epochs = PROBES.supervised_epochs["image"]
+    cached = ProbeResult([task_result(supervised=0.5)], {}, str(data_root()))
+    cached.main.supervised["epochs"] = epochs
+    (run / "probe.json").write_text(json.dumps(cached.to_json()))
     calls = []
     monkeypatch.setattr(probe_mod, "run_probe", lambda d, root=None, **kw: calls.append(Path(d)) or {"fresh": True})
     t = 1_700_000_000
@@ -553,7 +564,7 @@ def test_cached_probe_reuses_only_when_newer_than_checkpoint(tmp_path, monkeypat
     # a probe made without the supervised reference (probe --no-supervised), or with other epochs
     # (probe --supervised-epochs), is not reused by the tour
     for other in (None, {"epochs": epochs + 1}):
-        (run / "probe.json").write_text(json.dumps({**cached, "supervised": other}))
+        (run / "probe.json").write_text(json.dumps({**cached.to_json(), "supervised": other}))
         os.utime(run / "probe.json", (t + 30, t + 30))
         calls.clear()
         assert probe_mod.cached_probe(run, log=logs.append) == {"fresh": True} and calls == [run]

@@ -19,14 +19,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from d2v_lab.evaluate.features import Standardiser
+
 from .metrics import (
     ArrayLike,
-    _as_labels,
-    _as_numpy,
-    _check_paired,
-    _check_same_width,
-    _pair_cosine,
+    as_labels,
+    as_numpy,
+    check_paired,
+    check_same_width,
     cross_modal_retrieval,
+    pair_cosine,
     permutation_null,
     retrieval_chance,
     to_common_dim,
@@ -45,7 +47,7 @@ class ProcrustesMap:
     mean_b: np.ndarray
 
     def transform(self, x: ArrayLike) -> np.ndarray:
-        x = _as_numpy(x, "x")
+        x = as_numpy(x, "x")
         if x.shape[1] != self.rotation.shape[0]:
             raise ValueError(f"x has width {x.shape[1]}, the map expects {self.rotation.shape[0]}")
         return (x - self.mean_a) @ self.rotation + self.mean_b
@@ -59,9 +61,9 @@ def procrustes_fit(a: ArrayLike, b: ArrayLike) -> ProcrustesMap:
     It needs paired rows, which is the point: if data2vec's spaces differed
     only by a rotation, a handful of pairs would be enough to line them up.
     """
-    a, b = _as_numpy(a, "a"), _as_numpy(b, "b")
-    _check_paired(a, b)
-    _check_same_width(a, b)
+    a, b = as_numpy(a, "a"), as_numpy(b, "b")
+    check_paired(a, b)
+    check_same_width(a, b)
     mean_a, mean_b = a.mean(axis=0), b.mean(axis=0)
     u, _, vt = np.linalg.svd((a - mean_a).T @ (b - mean_b))
     return ProcrustesMap(rotation=u @ vt, mean_a=mean_a, mean_b=mean_b)
@@ -108,10 +110,10 @@ def procrustes_control(
     first (Procrustes then also has to undo the arbitrary PCA axes, which is
     what it is for).
     """
-    a, b = _as_numpy(a, "a"), _as_numpy(b, "b")
-    _check_paired(a, b)
-    _check_same_width(a, b)
-    y = _as_labels(labels, a.shape[0])
+    a, b = as_numpy(a, "a"), as_numpy(b, "b")
+    check_paired(a, b)
+    check_same_width(a, b)
+    y = as_labels(labels, a.shape[0])
     fit, held = _stratified_split(y, train_fraction, seed)
     m = procrustes_fit(a[fit], b[fit])
     a_eval, b_eval = a[held] - m.mean_a, b[held] - m.mean_b
@@ -119,8 +121,8 @@ def procrustes_control(
     out = {
         "retrieval_before": cross_modal_retrieval(a_eval, b_eval, y[held], y[held]),
         "retrieval_after": cross_modal_retrieval(a_mapped, b_eval, y[held], y[held]),
-        "pair_cosine_before": _pair_cosine(a_eval, b_eval),
-        "pair_cosine_after": _pair_cosine(a_mapped, b_eval),
+        "pair_cosine_before": pair_cosine(a_eval, b_eval),
+        "pair_cosine_after": pair_cosine(a_mapped, b_eval),
         "chance": retrieval_chance(y[held], y[held]),
         "n_fit": float(len(fit)),
         "n_eval": float(len(held)),
@@ -173,34 +175,27 @@ class AssociationHeads:
 
     head_a: nn.Module
     head_b: nn.Module
-    mean_a: np.ndarray
-    std_a: np.ndarray
-    mean_b: np.ndarray
-    std_b: np.ndarray
+    scale_a: Standardiser      # the training rows' statistics, applied to every input of head_a
+    scale_b: Standardiser
     losses: tuple[float, ...]  # mean training loss per epoch
 
     @staticmethod
-    def _project(head: nn.Module, x: ArrayLike, mean: np.ndarray, std: np.ndarray, name: str) -> np.ndarray:
-        x = _as_numpy(x, name)
-        if x.shape[1] != mean.shape[0]:
-            raise ValueError(f"{name} has width {x.shape[1]}, the head expects {mean.shape[0]}")
+    def _project(head: nn.Module, x: ArrayLike, scale: Standardiser) -> np.ndarray:
+        x = as_numpy(x, "x")
+        if x.shape[1] != scale.mean.shape[0]:
+            raise ValueError(f"x has width {x.shape[1]}, the head expects {scale.mean.shape[0]}")
         head.eval()
         with torch.no_grad():
-            z = head(torch.from_numpy((x - mean) / std).float())
+            z = head(torch.from_numpy(scale(x)).float())
         return F.normalize(z, dim=1).double().numpy()
 
     def project_a(self, x: ArrayLike) -> np.ndarray:
         """L2-normalised joint-space embeddings of modality-A features."""
-        return self._project(self.head_a, x, self.mean_a, self.std_a, "x")
+        return self._project(self.head_a, x, self.scale_a)
 
     def project_b(self, x: ArrayLike) -> np.ndarray:
         """L2-normalised joint-space embeddings of modality-B features."""
-        return self._project(self.head_b, x, self.mean_b, self.std_b, "x")
-
-
-def _standardizer(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    std = x.std(axis=0)
-    return x.mean(axis=0), np.where(std > 1e-8, std, 1.0)  # constant features: leave unscaled
+        return self._project(self.head_b, x, self.scale_b)
 
 
 def train_association_heads(
@@ -236,19 +231,17 @@ def train_association_heads(
     seed: initialisation and batch order use it, and the global torch RNG
     state is left as it was.
     """
-    a, b = _as_numpy(a, "a"), _as_numpy(b, "b")
-    _check_paired(a, b)
+    a, b = as_numpy(a, "a"), as_numpy(b, "b")
+    check_paired(a, b)
     n = a.shape[0]
     if n < 2:
         raise ValueError("need at least 2 pairs: InfoNCE contrasts each pair with the others")
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    mean_a, std_a = _standardizer(a)
-    mean_b, std_b = _standardizer(b)
-    xa = torch.from_numpy((a - mean_a) / std_a).float()
-    xb = torch.from_numpy((b - mean_b) / std_b).float()
+    scale_a, scale_b = Standardiser.fit(a), Standardiser.fit(b)
+    xa, xb = torch.from_numpy(scale_a(a)).float(), torch.from_numpy(scale_b(b)).float()
     if labels is not None:  # integer codes, so torch can compare them
-        yt = torch.from_numpy(np.unique(_as_labels(labels, n), return_inverse=True)[1].reshape(-1))
+        yt = torch.from_numpy(np.unique(as_labels(labels, n), return_inverse=True)[1].reshape(-1))
 
     with torch.random.fork_rng(devices=[]):  # seed the init without disturbing the caller's RNG
         torch.manual_seed(seed)
@@ -275,7 +268,7 @@ def train_association_heads(
             opt.step()
             total, batches = total + loss.item(), batches + 1
         losses.append(total / max(batches, 1))
-    return AssociationHeads(head_a, head_b, mean_a, std_a, mean_b, std_b, tuple(losses))
+    return AssociationHeads(head_a, head_b, scale_a, scale_b, tuple(losses))
 
 
 def association_control(
@@ -310,9 +303,9 @@ def association_control(
     - ``final_loss``: last epoch's training loss;
     - ``n_fit`` / ``n_eval``: pair counts.
     """
-    a, b = _as_numpy(a, "a"), _as_numpy(b, "b")
-    _check_paired(a, b)
-    y = _as_labels(labels, a.shape[0])
+    a, b = as_numpy(a, "a"), as_numpy(b, "b")
+    check_paired(a, b)
+    y = as_labels(labels, a.shape[0])
     fit, held = _stratified_split(y, train_fraction, seed)
     fit_labels = y[fit] if concept_positives else None
     heads = train_association_heads(a[fit], b[fit], seed=seed, labels=fit_labels, **head_kwargs)
@@ -323,7 +316,7 @@ def association_control(
         "retrieval_baseline": cross_modal_retrieval(
             to_common_dim(a[held], common), to_common_dim(b[held], common), y[held], y[held]
         ),
-        "pair_cosine": _pair_cosine(za, zb),
+        "pair_cosine": pair_cosine(za, zb),
         "chance": retrieval_chance(y[held], y[held]),
         "final_loss": float(heads.losses[-1]) if heads.losses else float("nan"),
         "n_fit": float(len(fit)),
@@ -364,9 +357,9 @@ def train_joint_heads(features: dict[str, tuple[ArrayLike, ArrayLike]], dim: int
     data, codes = {}, {}
     vocab = sorted({str(c) for _, labels in features.values() for c in np.asarray(labels)})
     for m in names:
-        x = _as_numpy(features[m][0], m)
-        mean, std = x.mean(0), x.std(0) + 1e-6
-        data[m] = (torch.from_numpy((x - mean) / std).float(), mean, std)
+        x = as_numpy(features[m][0], m)
+        scale = Standardiser.fit(x)
+        data[m] = (torch.from_numpy(scale(x)).float(), scale)
         codes[m] = torch.tensor([vocab.index(str(c)) for c in np.asarray(features[m][1])])
     pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1:]
              if set(codes[a].tolist()) & set(codes[b].tolist())]
@@ -389,11 +382,11 @@ def train_joint_heads(features: dict[str, tuple[ArrayLike, ArrayLike]], dim: int
         opt.step()
 
     def projector(m):
-        head, (_, mean, std) = heads[m].eval(), data[m]
+        head, (_, scale) = heads[m].eval(), data[m]
 
         def project(x):
             with torch.no_grad():
-                z = head(torch.from_numpy((_as_numpy(x, m) - mean) / std).float())
+                z = head(torch.from_numpy(scale(as_numpy(x, m))).float())
             return F.normalize(z, dim=1).numpy()
         return project
     return {m: projector(m) for m in names}

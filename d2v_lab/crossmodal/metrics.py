@@ -11,7 +11,7 @@ system. This module holds the numbers behind that argument:
   a random-rotation null over one side's coordinates;
 * the positive controls (what it takes to align two spaces given paired data:
   orthogonal Procrustes, a CLIP-style association network) are in
-  ``associate.py``.
+  ``controls.py``.
 
 Everything takes numpy arrays or torch tensors and returns Python floats,
 numpy arrays or small dataclasses.
@@ -40,6 +40,7 @@ __all__ = [
     "rotation_null",
     "concept_similarity_matrix",
     "rsa",
+    "rsa_null",
 ]
 
 
@@ -47,7 +48,7 @@ __all__ = [
 # input handling
 
 
-def _as_numpy(x: ArrayLike, name: str = "x") -> np.ndarray:
+def as_numpy(x: ArrayLike, name: str = "x") -> np.ndarray:
     """Return x as a finite 2-D float64 numpy array (rows = samples)."""
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu().to(torch.float64).numpy()
@@ -59,7 +60,7 @@ def _as_numpy(x: ArrayLike, name: str = "x") -> np.ndarray:
     return x
 
 
-def _as_labels(labels: ArrayLike, n: int, name: str = "labels") -> np.ndarray:
+def as_labels(labels: ArrayLike, n: int, name: str = "labels") -> np.ndarray:
     """Return labels as a 1-D numpy array with one entry per row."""
     if isinstance(labels, torch.Tensor):
         labels = labels.detach().cpu().numpy()
@@ -69,7 +70,7 @@ def _as_labels(labels: ArrayLike, n: int, name: str = "labels") -> np.ndarray:
     return labels
 
 
-def _check_paired(a: np.ndarray, b: np.ndarray) -> None:
+def check_paired(a: np.ndarray, b: np.ndarray) -> None:
     if a.shape[0] != b.shape[0]:
         raise ValueError(
             f"a and b must have the same number of rows (row i of a is paired with row i of b), "
@@ -77,7 +78,7 @@ def _check_paired(a: np.ndarray, b: np.ndarray) -> None:
         )
 
 
-def _check_same_width(a: np.ndarray, b: np.ndarray) -> None:
+def check_same_width(a: np.ndarray, b: np.ndarray) -> None:
     if a.shape[1] != b.shape[1]:
         raise ValueError(
             f"a and b must have the same width to be compared coordinate-wise, got {a.shape[1]} and "
@@ -85,14 +86,14 @@ def _check_same_width(a: np.ndarray, b: np.ndarray) -> None:
         )
 
 
-def _l2_normalize(x: np.ndarray) -> np.ndarray:
+def l2_normalize(x: np.ndarray) -> np.ndarray:
     # the floor keeps an all-zero row at zero instead of turning it into NaN
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-def _pair_cosine(a: np.ndarray, b: np.ndarray) -> float:
+def pair_cosine(a: np.ndarray, b: np.ndarray) -> float:
     """Mean cosine between row i of a and row i of b."""
-    return float(np.mean(np.sum(_l2_normalize(a) * _l2_normalize(b), axis=1)))
+    return float(np.mean(np.sum(l2_normalize(a) * l2_normalize(b), axis=1)))
 
 
 # -----------------------------------------------------------------------------
@@ -120,7 +121,7 @@ def _clip_outliers(x: np.ndarray, q: float | None) -> np.ndarray:
 
 def _knn_indices(x: np.ndarray, k: int) -> np.ndarray:
     """Indices (n, k) of each row's k most cosine-similar other rows (order within the k is arbitrary)."""
-    z = _l2_normalize(x)
+    z = l2_normalize(x)
     sim = z @ z.T
     np.fill_diagonal(sim, -np.inf)  # a point is not its own neighbour
     return np.argpartition(-sim, k - 1, axis=1)[:, :k]
@@ -145,8 +146,8 @@ def mutual_knn_alignment(a: ArrayLike, b: ArrayLike, k: int = 10, clip_quantile:
     modality; pass None to skip), then rows are L2-normalised. The clipping
     acts on coordinates, so it is not exactly rotation invariant.
     """
-    a, b = _as_numpy(a, "a"), _as_numpy(b, "b")
-    _check_paired(a, b)
+    a, b = as_numpy(a, "a"), as_numpy(b, "b")
+    check_paired(a, b)
     n = a.shape[0]
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
@@ -170,8 +171,8 @@ def mutual_knn_layers(layers_a: ArrayLike, layers_b: ArrayLike, k: int = 10, n_s
     report the best layer pair). Neighbour lists are computed once per layer: a shuffle only
     relabels b's lists, which keeps 200 shuffles cheap.
     """
-    knn_a = [_knn_indices(_clip_outliers(_as_numpy(x, "a"), clip_quantile), k) for x in layers_a]
-    knn_b = [_knn_indices(_clip_outliers(_as_numpy(x, "b"), clip_quantile), k) for x in layers_b]
+    knn_a = [_knn_indices(_clip_outliers(as_numpy(x, "a"), clip_quantile), k) for x in layers_a]
+    knn_b = [_knn_indices(_clip_outliers(as_numpy(x, "b"), clip_quantile), k) for x in layers_b]
     n = knn_a[0].shape[0]
     if knn_b[0].shape[0] != n:
         raise ValueError(f"rows differ: {n} vs {knn_b[0].shape[0]}")
@@ -247,8 +248,8 @@ def unbiased_cka(a: ArrayLike, b: ArrayLike) -> float:
     translation of either side, so like mutual kNN it compares structure, not
     coordinates. Needs n >= 4. (The unbiased estimate can dip slightly below 0.)
     """
-    a, b = _as_numpy(a, "a"), _as_numpy(b, "b")
-    _check_paired(a, b)
+    a, b = as_numpy(a, "a"), as_numpy(b, "b")
+    check_paired(a, b)
     n = a.shape[0]
     if n < 4:
         raise ValueError(f"unbiased CKA needs at least 4 rows, got {n}")
@@ -283,7 +284,7 @@ def to_common_dim(x: ArrayLike, dim: int, seed: int = 0) -> np.ndarray:
     used here is deterministic and does not use it.
     """
     del seed  # exact SVD: nothing random
-    x = _as_numpy(x, "x")
+    x = as_numpy(x, "x")
     n, d = x.shape
     if not 1 <= dim <= min(n, d):
         raise ValueError(f"dim must be in [1, min(rows, width) = {min(n, d)}], got {dim}")
@@ -302,7 +303,7 @@ def to_common_dim(x: ArrayLike, dim: int, seed: int = 0) -> np.ndarray:
 
 
 def _retrieval_one_way(q: np.ndarray, g: np.ndarray, lq: np.ndarray, lg: np.ndarray) -> float:
-    nearest = np.argmax(_l2_normalize(q) @ _l2_normalize(g).T, axis=1)
+    nearest = np.argmax(l2_normalize(q) @ l2_normalize(g).T, axis=1)
     return float(np.mean(lg[nearest] == lq))
 
 
@@ -320,9 +321,9 @@ def cross_modal_retrieval(
     onto each other). Chance is ``retrieval_chance(labels_a, labels_b)``.
     a and b need the same width but not the same number of rows.
     """
-    a, b = _as_numpy(a, "a"), _as_numpy(b, "b")
-    _check_same_width(a, b)
-    la, lb = _as_labels(labels_a, a.shape[0], "labels_a"), _as_labels(labels_b, b.shape[0], "labels_b")
+    a, b = as_numpy(a, "a"), as_numpy(b, "b")
+    check_same_width(a, b)
+    la, lb = as_labels(labels_a, a.shape[0], "labels_a"), as_labels(labels_b, b.shape[0], "labels_b")
     score = _retrieval_one_way(a, b, la, lb)
     if symmetric:
         score = 0.5 * (score + _retrieval_one_way(b, a, lb, la))
@@ -412,12 +413,12 @@ def permutation_null(
     keeps b's coordinates, so it misses how much an accidental cluster
     correspondence can move raw retrieval.
     """
-    a, b = _as_numpy(a, "a"), _as_numpy(b, "b")
-    _check_paired(a, b)
+    a, b = as_numpy(a, "a"), as_numpy(b, "b")
+    check_paired(a, b)
     if n_shuffles < 1:
         raise ValueError(f"n_shuffles must be >= 1, got {n_shuffles}")
     n = a.shape[0]
-    g = None if groups is None else _as_labels(groups, n, "groups")
+    g = None if groups is None else as_labels(groups, n, "groups")
     rng = np.random.default_rng(seed)
     observed = float(metric(a, b, **metric_kwargs))
     null = np.empty(n_shuffles)
@@ -454,7 +455,7 @@ def rotation_null(
     clipping), which return the observed score for every rotation.
     Each rotation calls ``metric(a, b @ R, **metric_kwargs)``.
     """
-    a, b = _as_numpy(a, "a"), _as_numpy(b, "b")
+    a, b = as_numpy(a, "a"), as_numpy(b, "b")
     if n_rotations < 1:
         raise ValueError(f"n_rotations must be >= 1, got {n_rotations}")
     rng = np.random.default_rng(seed)
@@ -484,11 +485,11 @@ def concept_similarity_matrix(x: ArrayLike, labels: ArrayLike) -> tuple[list[Any
     concept, and the C x C matrix of cosines between the concept means is
     returned together with the concepts in sorted order.
     """
-    x = _as_numpy(x, "x")
-    y = _as_labels(labels, x.shape[0])
+    x = as_numpy(x, "x")
+    y = as_labels(labels, x.shape[0])
     concepts = np.unique(y)
-    z = _l2_normalize(x)
-    means = _l2_normalize(np.stack([z[y == c].mean(axis=0) for c in concepts]))
+    z = l2_normalize(x)
+    means = l2_normalize(np.stack([z[y == c].mean(axis=0) for c in concepts]))
     return concepts.tolist(), means @ means.T
 
 
@@ -516,3 +517,18 @@ def rsa(a: ArrayLike, labels_a: ArrayLike, b: ArrayLike, labels_b: ArrayLike) ->
     iu = np.triu_indices(len(shared), k=1)
     rho = spearmanr(sa[np.ix_(ia, ia)][iu], sb[np.ix_(ib, ib)][iu]).statistic
     return float(rho)
+
+
+def rsa_null(a: ArrayLike, b: ArrayLike, labels: ArrayLike, n_shuffles: int = 200, seed: int = 0) -> NullBand:
+    """RSA of concept-paired features against a null that relabels b's concepts at random (which
+    concept is which), keeping each side's own similarity structure."""
+    y = as_labels(labels, as_numpy(a, "a").shape[0])
+    names = np.unique(y)
+    rng = np.random.default_rng(seed)
+    observed = rsa(a, y, b, y)
+    null = []
+    for _ in range(n_shuffles):
+        mapping = dict(zip(names, rng.permutation(names)))
+        null.append(rsa(a, y, b, np.array([mapping[c] for c in y])))
+    return _band(observed, np.array(null))
+

@@ -89,10 +89,13 @@ def pack_windows(stories: list[str], tok: Tokenizer, seq_len: int) -> torch.Tens
     return torch.cat([torch.full((n, 1), CLS_ID, dtype=torch.long), windows], dim=1)
 
 
+def padded_row(ids: list[int], seq_len: int) -> list[int]:
+    """One model input: [CLS] + the first ``seq_len - 1`` of ``ids``, padded with [PAD] to ``seq_len``."""
+    row = [CLS_ID] + list(ids[: seq_len - 1])
+    return row + [PAD_ID] * (seq_len - len(row))
+
+
 def encode_padded(texts: list[str], tok: Tokenizer, seq_len: int) -> torch.Tensor:
     """One sequence per text: [CLS] + tokens, truncated to ``seq_len``, padded with [PAD]."""
-    ids = torch.full((len(texts), seq_len), PAD_ID, dtype=torch.long)
-    for i, enc in enumerate(tok.encode_batch(texts, add_special_tokens=False)):
-        row = [CLS_ID] + enc.ids[: seq_len - 1]
-        ids[i, : len(row)] = torch.tensor(row)
-    return ids
+    rows = [padded_row(enc.ids, seq_len) for enc in tok.encode_batch(texts, add_special_tokens=False)]
+    return torch.tensor(rows, dtype=torch.long).view(-1, seq_len)

@@ -10,60 +10,37 @@ The tasks and their splits are in ``tasks.py``.
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from d2v_lab.data.root import data_root
+from d2v_lab.train.checkpoint import build_model, load_run
+from d2v_lab.train.config import ProbeConfig
+from d2v_lab.train.loop import usable_device
+from d2v_lab.train.profiles import preset
+from d2v_lab.train.runs import CHECKPOINT, PROBE_JSON, is_fresh, read_run_config
+
+from . import tasks
+from .features import layer_features, standardise
+from .results import ProbeResult, Scores, TaskResult
+from .supervised import train_supervised
+
 C_GRID = (0.001, 0.01, 0.1, 1.0)
 
 
-# --- features -------------------------------------------------------------------------------------
-
-@torch.no_grad()
-def layer_features(backbone, x: torch.Tensor, batch_size: int = 256, device="cpu",
-                   select: torch.Tensor | None = None, precision: str = "auto") -> dict[str, np.ndarray]:
-    """Frozen features per layer: {"mean": (L+1, N, D), "cls": ...}. Layer 0 is the embedded input
-    (adapter output), layer l the output of block l. "mean" averages the non-padding content tokens
-    (not [CLS]), or only the tokens where ``select`` (N, T) is True (e.g. one word's tokens); "cls"
-    (models with a [CLS] token) is that token. ``precision``: "auto" runs the encoder in bf16 where that is native."""
-    from d2v_lab.train.perf import autocast_for
-    backbone.eval().to(device)
-    autocast = autocast_for(precision, torch.device(device).type)
-    means, cls = [], []
-    chunks = zip(x.split(batch_size), select.split(batch_size) if select is not None else [None] * len(x))
-    for chunk, sel in chunks:
-        chunk = chunk.to(device)
-        pad = backbone.adapter.padding_mask(chunk)
-        with autocast():
-            tokens = backbone.adapter(chunk)
-            out = backbone.encoder(tokens, pad, return_layers=True)
-        layers = torch.stack([tokens.float()] + [h.float() for h in out.hidden])   # (L+1, B, T, D)
-        if sel is not None:
-            keep = sel.to(layers.device).float()
-        else:
-            keep = torch.ones(layers.shape[1:3], device=layers.device) if pad is None else (~pad).float()
-            keep[:, : backbone.adapter.prefix] = 0
-        means.append((layers * keep[None, :, :, None]).sum(2) / keep.sum(1)[None, :, None])
-        cls.append(layers[:, :, 0])
-    feats = {"mean": torch.cat(means, 1).cpu().numpy()}
-    if backbone.adapter.prefix:
-        feats["cls"] = torch.cat(cls, 1).cpu().numpy()
-    return feats
-
+# --- linear and k-NN probes -----------------------------------------------------------------------
 
 @dataclass
 class LinearFit:
     test_acc: float
     val_acc: float
     C: float
-
-
-def _standardise(train: np.ndarray, *others: np.ndarray) -> list[torch.Tensor]:
-    train = torch.as_tensor(train, dtype=torch.float32)
-    mean, std = train.mean(0), train.std(0) + 1e-6
-    return [(torch.as_tensor(a, dtype=torch.float32) - mean) / std for a in (train, *others)]
 
 
 def fit_logistic(x: torch.Tensor, y: torch.Tensor, n_classes: int, C: float = 1.0, max_iter: int = 200,
@@ -94,7 +71,7 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, n_classes: int, C: float = 1.
 def linear_probe(x_tr, y_tr, x_va, y_va, x_te, y_te, Cs=C_GRID, max_iter: int = 100) -> LinearFit:
     """Standardise (train statistics) -> multinomial logistic regression. C is chosen by validation
     accuracy; the chosen C is refit on train + val and scored once on test."""
-    x_tr, x_va, x_te = _standardise(x_tr, x_va, x_te)
+    x_tr, x_va, x_te = (torch.as_tensor(a, dtype=torch.float32) for a in standardise(x_tr, x_va, x_te))
     y_tr, y_va, y_te = (torch.as_tensor(np.asarray(v), dtype=torch.long) for v in (y_tr, y_va, y_te))
     n_classes = int(max(y_tr.max(), y_va.max())) + 1  # from the fitted labels only; test is just scored
 
@@ -163,7 +140,6 @@ def probe_model(model, data, k: int = 20, device="cpu", progress: bool = True) -
 
 def probe_tasks(modality: str, cfg, tokenizer=None, root=None, max_train: int = 0, progress: bool = True):
     """The probe tasks of a modality, main task first."""
-    from . import tasks
     if modality == "image":
         return [tasks.cifar_task(root, max_train=max_train or None)]
     if modality == "text":
@@ -172,30 +148,18 @@ def probe_tasks(modality: str, cfg, tokenizer=None, root=None, max_train: int = 
     return [tasks.fsdd_task(root, progress).limit_train(max_train), tasks.speech_commands_task(root, progress)]
 
 
-def run_probe(run_dir, root=None, probe_cfg=None, supervised: bool = True, progress: bool = True,
-              supervised_epochs: int | None = None) -> dict:
-    """Probe a pretraining run against its baselines; write probe.json and probe.png into run_dir.
+def run_probe(run_dir, root=None, probe_cfg: ProbeConfig | None = None, supervised: bool = True,
+              progress: bool = True, supervised_epochs: int | None = None) -> ProbeResult:
+    """Probe a pretraining run against its baselines and write probe.json into run_dir.
     ``supervised_epochs`` overrides the profile's epochs for the supervised reference (e.g. to see
     what the same architecture reaches with labels and more training); ``supervised=False`` skips it."""
-    import dataclasses
-    import json
-    from pathlib import Path
-
-    from d2v_lab.data.root import data_root
-    from d2v_lab.lab.plots import plot_probe
-    from d2v_lab.train.checkpoint import build_model, load_run
-    from d2v_lab.train.loop import usable_device
-    from d2v_lab.train.profiles import PROBES
-
-    from .supervised import train_supervised
-
     if supervised_epochs is not None and supervised_epochs < 0:
         raise ValueError(f"supervised_epochs must be >= 0, got {supervised_epochs}")
     run_dir = Path(run_dir)
     model, cfg, tok = load_run(run_dir)
     device = usable_device(cfg.train.device)     # the run's device (a gpu-profile model is probed on
                                                  # the GPU), or the best one here if this machine lacks it
-    probe_cfg = probe_cfg or PROBES[cfg.profile]
+    probe_cfg = probe_cfg or preset(cfg.profile).probe
     torch.manual_seed(cfg.train.seed)
     random_model = build_model(cfg).eval()  # same architecture, never trained
     results = []
@@ -210,43 +174,33 @@ def run_probe(run_dir, root=None, probe_cfg=None, supervised: bool = True, progr
         per_layer = [{"layer": r["layer"], "pretrained": r["test"], "pretrained_val": r["val"],
                       "random_init": q["test"], "random_init_val": q["val"]}
                      for r, q in zip(pre["rows"], rnd["rows"]) if r["pool"] == pool and q["pool"] == pool]
-        results.append({
-            "modality": cfg.modality, "task": data.task, "checkpoint": str(run_dir),
-            "n_train": data.n("train") + data.n("val"), "n_val": data.n("val"), "n_test": data.n("test"),
-            "chance": 1.0 / len(data.classes),
-            "majority": float(np.bincount(data.labels["test"]).max() / data.n("test")),
-            "classes": list(data.classes),
-            "linear": {"pretrained": pre["linear"], "random_init": rnd["linear"], "raw_input": raw["linear"]},
-            "knn": {"pretrained": pre["knn"], "random_init": rnd["knn"], "raw_input": raw["knn"], "k": probe_cfg.knn_k},
-            "supervised": sup,
-            "selected": {"pretrained": pre["selected"], "random_init": rnd["selected"]},
-            "per_layer": per_layer, "pool": pool, "note": data.note, "counts": data.counts,
-        })
-    out = {**results[0], "extra_tasks": results[1:], "probe_config": dataclasses.asdict(probe_cfg),
-           "data_root": str(data_root(root))}
-    (run_dir / "probe.json").write_text(json.dumps(out, indent=2))
-    plot_probe(out, run_dir / "probe.png")
-    return out
+        results.append(TaskResult(
+            modality=cfg.modality, task=data.task, checkpoint=str(run_dir),
+            n_train=data.n("train") + data.n("val"), n_val=data.n("val"), n_test=data.n("test"),
+            chance=1.0 / len(data.classes),
+            majority=float(np.bincount(data.labels["test"]).max() / data.n("test")),
+            classes=list(data.classes),
+            linear=Scores(pre["linear"], rnd["linear"], raw["linear"]),
+            knn=Scores(pre["knn"], rnd["knn"], raw["knn"]), knn_k=probe_cfg.knn_k,
+            supervised=sup, selected={"pretrained": pre["selected"], "random_init": rnd["selected"]},
+            per_layer=per_layer, pool=pool, note=data.note, counts=data.counts))
+    result = ProbeResult(results, dataclasses.asdict(probe_cfg), str(data_root(root)))
+    (run_dir / PROBE_JSON).write_text(json.dumps(result.to_json(), indent=2))
+    return result
 
 
-def cached_probe(run_dir, root=None, progress: bool = True, log=print) -> dict:
+def cached_probe(run_dir, root=None, progress: bool = True, log=print) -> ProbeResult:
     """probe.json of a run when it is newer than the checkpoint it measured and was made the same way
     (the supervised reference trained for the profile's epochs, on the same data root), else a fresh
     run_probe."""
-    import json
-    from pathlib import Path
-
-    from d2v_lab.data.root import data_root
-    from d2v_lab.train.checkpoint import CHECKPOINT
-    from d2v_lab.train.profiles import PROBES
     run_dir = Path(run_dir)
-    cached = run_dir / "probe.json"
-    if cached.is_file() and cached.stat().st_mtime >= (run_dir / CHECKPOINT).stat().st_mtime:
-        result = json.loads(cached.read_text())
-        run = json.loads((run_dir / "config.json").read_text())
-        wanted = PROBES[run["profile"]].supervised_epochs.get(run["modality"], 0)
-        made = (result.get("supervised") or {}).get("epochs", 0)
-        if made == wanted and result.get("data_root") == str(data_root(root)):
+    cached = run_dir / PROBE_JSON
+    if is_fresh(cached, [run_dir / CHECKPOINT]):
+        result = ProbeResult.from_json(json.loads(cached.read_text()))
+        run = read_run_config(run_dir)
+        wanted = preset(run["profile"]).probe.supervised_epochs.get(run["modality"], 0)
+        made = (result.main.supervised or {}).get("epochs", 0)
+        if made == wanted and result.data_root == str(data_root(root)):
             log(f"reusing {cached} (newer than its checkpoint)")
             return result
     return run_probe(run_dir, root, progress=progress)

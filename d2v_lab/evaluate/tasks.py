@@ -21,7 +21,7 @@ from tokenizers import Tokenizer
 
 from d2v_lab.data import load_cifar10, load_fsdd, load_speech_commands, load_stories
 from d2v_lab.data.concepts import CONCEPT_WORDS, concepts_in, mask_concept
-from d2v_lab.data.tokenizer import CLS_ID, MASK_ID, PAD_ID, SPECIAL_TOKENS
+from d2v_lab.data.tokenizer import MASK_ID, SPECIAL_TOKENS, padded_row
 from d2v_lab.train.inputs import audio_inputs
 
 SPLITS = ("train", "val", "test")
@@ -113,8 +113,7 @@ def concept_windows(stories: list[str], tok: Tokenizer, seq_len: int, concepts=t
         first = ids.index(MASK_ID) if MASK_ID in ids else 0
         body = seq_len - 1
         start = max(0, min(first - body // 4, len(ids) - body))
-        window = [CLS_ID] + ids[start:start + body]
-        rows.append(window + [PAD_ID] * (seq_len - len(window)))
+        rows.append(padded_row(ids[start:], seq_len))
         labels.append(concepts.index(concept))
     return torch.tensor(rows, dtype=torch.long).view(-1, seq_len), np.array(labels, dtype=np.int64)
 

@@ -1,4 +1,5 @@
-"""Small, fast experiments the notebooks and widgets run: what the EMA decay and K do to the targets.
+"""Small, fast experiments the notebooks, widgets and the tour run: example masks, and what the EMA decay
+and K do to the targets.
 
 They use the real training loop (``train.pretrain``) on a ``ci``-sized model for a few dozen steps,
 so what a learner sees is what full training does, only shorter.
@@ -10,10 +11,31 @@ import tempfile
 
 import torch
 
+from d2v_lab.model.masking import MaskConfig, sample_mask
 from d2v_lab.model.targets import normalise
 from d2v_lab.train.inputs import PretrainData, pretraining_data
 from d2v_lab.train.loop import pretrain
 from d2v_lab.train.profiles import get_profile
+
+from .plots import plot_masks
+
+
+def example_masks(text_len: int, image_kind: str = "block", ratio: float = 0.6, block: int = 3, span: int = 10,
+                  text_ratio: float = 0.15, seed: int = 0) -> dict[str, torch.Tensor]:
+    """One mask per modality at the tokenisation the models use: an 8x8 image grid, 50 audio tokens
+    and ``text_len`` text tokens whose first ([CLS]) is never masked."""
+    g = torch.Generator().manual_seed(seed)
+    image_cfg = MaskConfig(image_kind, ratio, min_block=block, block=block)
+    return {"image": sample_mask(image_cfg, 1, 64, (8, 8), generator=g)[0],
+            "audio": sample_mask(MaskConfig("span", ratio, span=span), 1, 50, generator=g)[0],
+            "text": sample_mask(MaskConfig("random", text_ratio), 1, text_len, prefix=1, generator=g)[0]}
+
+
+def draw_masks(samples: dict, image_kind: str = "block", ratio: float = 0.6, block: int = 3,
+               span: int = 10, text_ratio: float = 0.15, seed: int = 0):
+    """``example_masks`` for ``samples`` (see ``plots.plot_masks``) and their figure: (figure, masks)."""
+    masks = example_masks(len(samples["text"][0]), image_kind, ratio, block, span, text_ratio, seed)
+    return plot_masks(samples, masks, ratio, text_ratio), masks
 
 
 def demo_config(modality: str = "image", tau: float = 0.99, top_k: int = 2, steps: int = 30,

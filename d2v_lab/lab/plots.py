@@ -1,13 +1,14 @@
-"""The figures the notebooks and the tour share. Every function draws into a matplotlib Axes (or a new
-figure) with labelled axes and units, and returns the Figure; ``path`` saves it as well."""
+"""The figures the notebooks and the tour share. Every function only draws: it takes arrays or result
+objects (whatever it shows is computed before), draws into a matplotlib Axes (or a new figure) with
+labelled axes and units, and returns the Figure; ``path`` saves it as well."""
 from __future__ import annotations
 
-import json
-import warnings
-from pathlib import Path
+import textwrap
 
 import matplotlib.pyplot as plt
 import numpy as np
+
+from d2v_lab.evaluate.results import TaskResult
 
 MODALITY_COLOURS = {"image": "tab:blue", "text": "tab:orange", "audio": "tab:green"}
 
@@ -25,31 +26,25 @@ def _new_axes(ax, figsize=(6, 4)):
     return fig, ax
 
 
-def plot_probe(result: dict, path=None, ax=None):
+def plot_probe(result: TaskResult, path=None, ax=None):
     """Linear-probe test accuracy per layer, pretrained vs random init, with raw-input, supervised and
     chance as horizontal references."""
     fig, ax = _new_axes(ax)
-    layers = [r["layer"] for r in result["per_layer"]]
-    ax.plot(layers, [100 * r["pretrained"] for r in result["per_layer"]], "o-", label="data2vec (pretrained)")
-    ax.plot(layers, [100 * r["random_init"] for r in result["per_layer"]], "s--", label="same model, random init")
-    refs = [("raw input", 100 * result["linear"]["raw_input"], "tab:gray"),
-            ("chance", 100 * result["chance"], "black")]
-    if result.get("supervised"):
-        refs.insert(1, ("supervised (same model)", 100 * result["supervised"]["accuracy"], "tab:red"))
+    layers = [r["layer"] for r in result.per_layer]
+    ax.plot(layers, [100 * r["pretrained"] for r in result.per_layer], "o-", label="data2vec (pretrained)")
+    ax.plot(layers, [100 * r["random_init"] for r in result.per_layer], "s--", label="same model, random init")
+    refs = [("raw input", 100 * result.linear.raw_input, "tab:gray"), ("chance", 100 * result.chance, "black")]
+    if result.supervised_accuracy is not None:
+        refs.insert(1, ("supervised (same model)", 100 * result.supervised_accuracy, "tab:red"))
     for label, y, colour in refs:
         ax.axhline(y, color=colour, ls=":", lw=1.5, label=f"{label}: {y:.1f}%")
     ax.set_xlabel("layer (0 = embedded input)")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"{result['modality']} / {result['task']}: linear probe per layer "
-                 f"(n_train={result['n_train']}, n_test={result['n_test']})", fontsize=9)
+    ax.set_title(f"{result.modality} / {result.task}: linear probe per layer "
+                 f"(n_train={result.n_train}, n_test={result.n_test})", fontsize=9)
     ax.set_xticks(layers)
     ax.legend(fontsize=8)
     return _save(fig, path)
-
-
-def read_metrics(run_dir) -> list[dict]:
-    path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def plot_training(metrics: list[dict], title: str = "", path=None, axes=None):
@@ -83,22 +78,6 @@ UMAP_CAPTION = ("A UMAP picture alone proves nothing: it distorts distances and 
                 "Read it beside the numbers (retrieval vs its null band, the controls) in align.json.")
 
 
-def umap_2d(x: np.ndarray, n_neighbors: int = 15, seed: int = 0) -> np.ndarray:
-    """2-D UMAP (McInnes et al. 2018) on a precomputed exact cosine kNN graph: for <= a few thousand
-    points that is faster than UMAP's own approximate search, and reproducible."""
-    import umap  # imported here: the first import costs ~13 s
-
-    z = x / (np.linalg.norm(x, axis=1, keepdims=True) + 1e-12)
-    dist = 1.0 - z @ z.T
-    idx = np.argsort(dist, axis=1)[:, :n_neighbors]          # the point itself comes first
-    knn = (idx, np.take_along_axis(dist, idx, axis=1).clip(min=0), None)
-    reducer = umap.UMAP(n_neighbors=n_neighbors, metric="cosine", precomputed_knn=knn, random_state=seed,
-                        n_jobs=1)
-    with warnings.catch_warnings():  # "no NNDescent index, transform() unavailable": we never transform
-        warnings.filterwarnings("ignore", message=r"precomputed_knn\[2\]", category=UserWarning)
-        return reducer.fit_transform(x)
-
-
 def plot_modalities_2d(points: dict[str, tuple[np.ndarray, np.ndarray]], title: str, ax=None, path=None):
     """Scatter of 2-D points: colour = modality, marker = concept."""
     fig, ax = _new_axes(ax, figsize=(7, 6))
@@ -120,32 +99,13 @@ def plot_modalities_2d(points: dict[str, tuple[np.ndarray, np.ndarray]], title: 
     return _save(fig, path)
 
 
-def plot_alignment_umaps(feats: dict, cfg, out_dir) -> list:
-    """Joint UMAP of image, text (word vectors) and audio: (1) raw data2vec spaces, each reduced to the
-    same width on its own; (2) after joint association heads trained on concept pairs."""
-    from d2v_lab.crossmodal.controls import train_joint_heads
-    from d2v_lab.crossmodal.metrics import to_common_dim
-
-    rng = np.random.default_rng(cfg.seed)
-    names = [m for m in ("image", "text_word", "audio") if m in feats]
-    per = max(1, cfg.umap_points // len(names))
-    chosen = {m: np.sort(rng.choice(len(feats[m].concepts), min(per, len(feats[m].concepts)), replace=False))
-              for m in names}
-    last = {m: feats[m].layers[-1] for m in names}
-    raw = {m: to_common_dim(last[m][chosen[m]], cfg.common_dim) for m in names}
-    heads = train_joint_heads({m: (last[m], feats[m].concepts) for m in names}, dim=cfg.common_dim, seed=cfg.seed)
-    joint = {m: heads[m](last[m][chosen[m]]) for m in names}
-    figures = []
-    for tag, space, title in (("raw", raw, "data2vec's own spaces (each PCA-reduced on its own)"),
-                              ("associated", joint, "after association heads trained on concept pairs")):
-        stacked = np.concatenate([space[m] for m in names])
-        xy = umap_2d(stacked, seed=cfg.seed)
-        bounds = np.cumsum([0] + [len(space[m]) for m in names])
-        points = {m: (xy[bounds[i]:bounds[i + 1]], feats[m].concepts[chosen[m]]) for i, m in enumerate(names)}
-        fig = plot_modalities_2d(points, f"Joint UMAP: {title}")
-        fig.text(0.01, -0.04, UMAP_CAPTION, fontsize=7, wrap=True)
-        figures.append(_save(fig, Path(out_dir) / f"umap_{tag}.png"))
-    return figures
+def plot_joint_view(view: dict[str, np.ndarray], title: str, ax=None, path=None):
+    """One 2-D view of the joint space (``crossmodal.views``): colour = modality, marker = concept."""
+    points = {m: (view["xy"][view["modality"] == m], view["concept"][view["modality"] == m])
+              for m in dict.fromkeys(view["modality"].tolist())}
+    fig = plot_modalities_2d(points, title, ax=ax)
+    fig.text(0.01, -0.04, UMAP_CAPTION, fontsize=7, wrap=True)
+    return _save(fig, path)
 
 
 # --- masks ----------------------------------------------------------------------------------------
@@ -189,8 +149,6 @@ def show_spectrogram_mask(logmel, mask, patch: int, hop_ms: float = 10.0, asked:
 
 def masked_text(tokens: list[str], mask, width: int = 90) -> str:
     """Byte-level BPE tokens joined back into text, masked tokens shown as [___]."""
-    import textwrap
-
     pieces = [((" " if t.startswith("Ġ") else "") + "[___]" if m else t) for t, m in zip(tokens, np.asarray(mask))]
     text = "".join(p.replace("Ġ", " ").replace("Ċ", "\n") for p in pieces)
     return "\n".join(textwrap.fill(line, width) for line in text.split("\n"))
@@ -227,12 +185,11 @@ def plot_teacher_dynamics(runs: list[dict], axes=None, path=None):
     return _save(fig, path)
 
 
-def plot_tau_schedule(tau0: float, tau_end: float, ramp_steps: int, steps: int, ax=None, path=None):
-    from d2v_lab.model.ema import tau_at
-
+def plot_tau_schedule(taus, title: str = "", ax=None, path=None):
+    """The EMA decay per update (``ema.tau_schedule``) and the teacher's memory 1/(1 - tau)."""
     fig, ax = _new_axes(ax, figsize=(5, 3))
-    xs = np.arange(steps)
-    taus = np.array([tau_at(int(s), tau0, tau_end, ramp_steps) for s in xs])
+    taus = np.asarray(taus, dtype=float)
+    xs = np.arange(len(taus))
     ax.plot(xs, taus, label="tau")
     ax.set_xlabel("update step")
     ax.set_ylabel("EMA decay tau")
@@ -240,6 +197,18 @@ def plot_tau_schedule(tau0: float, tau_end: float, ramp_steps: int, steps: int, 
     twin.plot(xs, 1.0 / (1.0 - np.minimum(taus, 1 - 1e-9)), color="tab:orange", ls="--",
               label="teacher memory 1/(1-tau)")
     twin.set_ylabel("teacher memory (updates)")
-    ax.set_title(f"tau: {tau0} -> {tau_end} over {ramp_steps} updates", fontsize=9)
+    ax.set_title(title, fontsize=9)
     fig.legend(fontsize=7, loc="lower right")
     return _save(fig, path)
+
+
+def plot_masks(samples: dict, masks: dict, ratio: float, text_ratio: float):
+    """The three modalities with their masks. ``samples``: {"image": (3,32,32) uint8, "audio": (64, 100)
+    log-mel, "text": (ids (T,), tokens list)}; ``masks``: {"image": (64,), "audio": (50,), "text": (T,)}."""
+    fig = plt.figure(figsize=(13, 5.2))
+    grid = fig.add_gridspec(2, 3, width_ratios=[1, 1.6, 1.6], height_ratios=[1, 0.8])
+    show_image_mask(samples["image"], masks["image"], (8, 8), asked=ratio, ax=fig.add_subplot(grid[0, 0]))
+    show_spectrogram_mask(samples["audio"], masks["audio"], patch=2, asked=ratio, ax=fig.add_subplot(grid[0, 1:]))
+    show_text_mask(samples["text"][1], masks["text"], asked=text_ratio, ax=fig.add_subplot(grid[1, :]))
+    fig.tight_layout()
+    return fig

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import ipywidgets as W
 import matplotlib.pyplot as plt
-import torch
 from IPython.display import display
 
-from d2v_lab.model.masking import MaskConfig, sample_mask, start_prob
+from d2v_lab.model.masking import start_prob
 
-from .plots import plot_teacher_dynamics, show_image_mask, show_spectrogram_mask, show_text_mask
+from .demos import draw_masks
+from .plots import plot_teacher_dynamics
 
 
 def _show(fig) -> None:
@@ -17,25 +17,6 @@ def _show(fig) -> None:
     a second time at the end of the cell (plt.show takes no figure argument)."""
     display(fig)
     plt.close(fig)
-
-
-def draw_masks(samples: dict, image_kind: str = "block", ratio: float = 0.6, block: int = 3,
-               span: int = 10, text_ratio: float = 0.15, seed: int = 0):
-    """One figure with the three modalities masked. ``samples``: {"image": (3,32,32) uint8,
-    "audio": (64, 100) log-mel, "text": (ids (T,), tokens list)}. Returns (figure, masks)."""
-    g = torch.Generator().manual_seed(seed)
-    image_cfg = MaskConfig(image_kind, ratio, min_block=block, block=block)
-    masks = {"image": sample_mask(image_cfg, 1, 64, (8, 8), generator=g)[0],
-             "audio": sample_mask(MaskConfig("span", ratio, span=span), 1, 50, generator=g)[0],
-             "text": sample_mask(MaskConfig("random", text_ratio), 1, len(samples["text"][0]), prefix=1,
-                                 generator=g)[0]}
-    fig = plt.figure(figsize=(13, 5.2))
-    grid = fig.add_gridspec(2, 3, width_ratios=[1, 1.6, 1.6], height_ratios=[1, 0.8])
-    show_image_mask(samples["image"], masks["image"], (8, 8), asked=ratio, ax=fig.add_subplot(grid[0, 0]))
-    show_spectrogram_mask(samples["audio"], masks["audio"], patch=2, asked=ratio, ax=fig.add_subplot(grid[0, 1:]))
-    show_text_mask(samples["text"][1], masks["text"], asked=text_ratio, ax=fig.add_subplot(grid[1, :]))
-    fig.tight_layout()
-    return fig, masks
 
 
 def masking_widget(samples: dict):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -23,6 +24,11 @@ def tau_at(step: int, tau0: float, tau_end: float, ramp_steps: int) -> float:
     if ramp_steps <= 0 or step >= ramp_steps:
         return tau_end
     return tau0 + (tau_end - tau0) * step / ramp_steps
+
+
+def tau_schedule(tau0: float, tau_end: float, ramp_steps: int, steps: int) -> np.ndarray:
+    """tau_at for every update 0 .. steps-1, as an array (for plotting a run's schedule)."""
+    return np.array([tau_at(s, tau0, tau_end, ramp_steps) for s in range(steps)])
 
 
 def make_teacher(student: nn.Module) -> nn.Module:
@@ -38,9 +44,8 @@ def ema_update(teacher: nn.Module, student: nn.Module, tau: float) -> None:
 
     Written as two multiplies and an add (not lerp or a fused add-with-alpha, which round
     differently) so the result equals the formula bit for bit, which the tests check. The ``_foreach``
-    ops do each of them for all parameters at once: the same arithmetic in a few kernels, where a loop
-    over the ~150 tensors of the gpu-profile model took 4-7 ms per step on an H200
-    (benchmarks/gpu_check.py; the foreach version is not yet measured there).
+    ops do each of them for all parameters at once: the same arithmetic in a few kernels instead of a
+    loop over every parameter tensor.
     """
     t_params, s_params = list(teacher.parameters()), list(student.parameters())
     if len(t_params) != len(s_params):

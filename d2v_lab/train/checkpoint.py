@@ -18,10 +18,9 @@ from d2v_lab.model.modalities import AudioAdapter, ImageAdapter, TextAdapter
 from d2v_lab.model.transformer import Encoder
 
 from .config import RunConfig, config_diff
+from .runs import CHECKPOINT, TOKENIZER
 
 FORMAT = 1
-CHECKPOINT = "checkpoint.pt"
-TOKENIZER = "tokenizer.json"
 # settings that may change when a run is resumed: they do not change what is computed
 RESUMABLE_CHANGES = ("train.log_every", "train.eval_every", "train.checkpoint_every", "train.device",
                      "train.threads", "train.compile")

@@ -137,3 +137,22 @@ def config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
         elif va != vb:
             out.append(f"{prefix}{k}: {va!r} != {vb!r}")
     return out
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    """How a pretrained encoder is probed (``d2v_lab.evaluate.probe``)."""
+    knn_k: int = 20
+    supervised_epochs: dict = field(default_factory=dict)  # per modality; 0 = skip the supervised reference
+    max_train: int = 0            # cap on probe training examples (0 = all)
+
+
+@dataclass(frozen=True)
+class AlignConfig:
+    """How the three modalities' spaces are compared (``d2v_lab.crossmodal.experiment``)."""
+    per_concept: int = 100    # samples per concept and modality
+    n_shuffles: int = 200     # permutation / rotation null size
+    common_dim: int = 32      # width of the unfitted common space (per-modality PCA)
+    umap_points: int = 1000   # at most this many points in the UMAP pictures
+    seed: int = 0
+

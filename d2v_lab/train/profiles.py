@@ -1,4 +1,5 @@
-"""Named presets per modality: the one knob most users touch.
+"""Named presets: the one knob most users touch. A preset fixes the pretraining run of every modality,
+how the runs are probed and how the modalities are compared; ``preset(name)`` is the one lookup.
 
 - ``ci``:  a few seconds on a CPU; for tests and the notebooks in CI. Learns almost nothing.
 - ``cpu``: the best model a 2-core laptop CPU trains in <= 10 minutes per modality.
@@ -20,13 +21,14 @@ from d2v_lab.model.data2vec import Data2VecConfig
 from d2v_lab.model.masking import MaskConfig
 from d2v_lab.model.transformer import EncoderConfig
 
-from .config import MODALITIES, DataConfig, RunConfig, TrainConfig
+from .config import MODALITIES, AlignConfig, DataConfig, ProbeConfig, RunConfig, TrainConfig
 
 PROFILES = ("ci", "cpu", "gpu")
 ENV_VAR = "D2V_LAB_PROFILE"
 
 
 def default_profile() -> str:
+    """$D2V_LAB_PROFILE, else 'cpu'."""
     name = os.environ.get(ENV_VAR, "cpu")
     if name not in PROFILES:
         raise ValueError(f"{ENV_VAR}={name!r} is not a profile; choose from {PROFILES}")
@@ -103,16 +105,43 @@ _TABLE = {
 }
 
 
-def get_profile(modality: str, name: str | None = None, version: int = 2) -> RunConfig:
-    """The RunConfig of ``modality`` under profile ``name`` (default: $D2V_LAB_PROFILE or 'cpu')."""
+_PROBES = {
+    "ci": ProbeConfig(knn_k=10, supervised_epochs={"image": 1, "text": 2, "audio": 2}, max_train=600),
+    "cpu": ProbeConfig(knn_k=20, supervised_epochs={"image": 1, "text": 5, "audio": 3}),
+    "gpu": ProbeConfig(knn_k=20, supervised_epochs={"image": 50, "text": 30, "audio": 50}),
+}
+_ALIGN = {"ci": AlignConfig(per_concept=20, umap_points=300),
+          "cpu": AlignConfig(per_concept=100, umap_points=900),
+          "gpu": AlignConfig(per_concept=200, umap_points=1500)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """Everything a profile fixes: ``run(modality)`` pretraining, ``probe`` and ``align``."""
+    name: str
+    probe: ProbeConfig
+    align: AlignConfig
+
+    def run(self, modality: str, version: int = 2) -> RunConfig:
+        """The RunConfig of ``modality`` as data2vec ``version`` (1 or 2)."""
+        if modality not in MODALITIES:
+            raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
+        encoder, d2v, train, data = _TABLE[(modality, self.name)]
+        return RunConfig(modality, self.name, encoder, paper_masking(modality, version),
+                         d2v_config(modality, version, **d2v), train, data)
+
+
+def preset(name: str | None = None) -> Preset:
+    """The preset called ``name`` (default: $D2V_LAB_PROFILE or 'cpu')."""
     name = name or default_profile()
-    if modality not in MODALITIES:
-        raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
     if name not in PROFILES:
         raise ValueError(f"profile must be one of {PROFILES}, got {name!r}")
-    encoder, d2v, train, data = _TABLE[(modality, name)]
-    return RunConfig(modality, name, encoder, paper_masking(modality, version),
-                     d2v_config(modality, version, **d2v), train, data)
+    return Preset(name, _PROBES[name], _ALIGN[name])
+
+
+def get_profile(modality: str, name: str | None = None, version: int = 2) -> RunConfig:
+    """The RunConfig of ``modality`` under profile ``name`` (default: $D2V_LAB_PROFILE or 'cpu')."""
+    return preset(name).run(modality, version)
 
 
 def with_version(cfg: RunConfig, version: int) -> RunConfig:
@@ -120,17 +149,3 @@ def with_version(cfg: RunConfig, version: int) -> RunConfig:
     d2v = dataclasses.replace(cfg.d2v, version=version, **paper_targets(cfg.modality, version),
                               **paper_loss(cfg.modality, version))
     return dataclasses.replace(cfg, d2v=d2v, mask=paper_masking(cfg.modality, version))
-
-
-@dataclasses.dataclass(frozen=True)
-class ProbeConfig:
-    knn_k: int = 20
-    supervised_epochs: dict = dataclasses.field(default_factory=dict)  # per modality; 0 = skip
-    max_train: int = 0            # cap on probe training examples (0 = all)
-
-
-PROBES = {
-    "ci": ProbeConfig(knn_k=10, supervised_epochs={"image": 1, "text": 2, "audio": 2}, max_train=600),
-    "cpu": ProbeConfig(knn_k=20, supervised_epochs={"image": 1, "text": 5, "audio": 3}),
-    "gpu": ProbeConfig(knn_k=20, supervised_epochs={"image": 50, "text": 30, "audio": 50}),
-}
