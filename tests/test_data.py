@@ -21,10 +21,10 @@ from d2v_lab.data import (
 )
 from d2v_lab.data import download as dl
 from d2v_lab.data.audio import LogMelConfig, hz_to_mel, load_clip, log_mel, mel_filterbank, mel_to_hz, resample
-from d2v_lab.data.root import data_root
+from d2v_lab.data.root import cache_dir_for, cache_root, data_root
 from d2v_lab.data.tokenizer import CLS_ID, PAD_ID, SEP_ID, SPECIAL_TOKENS, encode_padded, load_tokenizer, pack_windows
 
-from builders import write_cifar, write_fsdd, write_speech_commands, write_stories, write_wav
+from builders import write_cifar, write_fsdd, write_speech_commands, write_stories, write_tinystories, write_wav
 
 # --- data root ------------------------------------------------------------------------------------
 
@@ -158,8 +158,9 @@ def test_stories_empty_file_is_an_error(tmp_path, content):
 def test_tokenizer_trains_once_and_is_reused(fake_root):
     tok = load_tokenizer(fake_root, vocab_size=300)
     assert [tok.token_to_id(t) for t in SPECIAL_TOKENS] == list(range(5))
-    cached = list((fake_root / "TinyStories").glob("tokenizer-*.json"))
+    cached = list(cache_dir_for(fake_root).glob("tokenizer-*.json"))
     assert len(cached) == 1
+    assert [p.name for p in fake_root.rglob("*") if "tokenizer" in p.name] == []  # the data folder stays as it was
     mtime = cached[0].stat().st_mtime_ns
     again = load_tokenizer(fake_root, vocab_size=300)
     assert cached[0].stat().st_mtime_ns == mtime and again.get_vocab() == tok.get_vocab()
@@ -171,7 +172,29 @@ def test_tokenizer_cache_changes_with_data(fake_root):
     load_tokenizer(fake_root, vocab_size=300)
     write_stories(fake_root / "TinyStories" / "TinyStories-train.txt", ["Completely new words here."] * 5)
     load_tokenizer(fake_root, vocab_size=300)
-    assert len(list((fake_root / "TinyStories").glob("tokenizer-*.json"))) == 2
+    assert len(list(cache_dir_for(fake_root).glob("tokenizer-*.json"))) == 2
+
+
+def test_cache_is_d2v_lab_cache_else_xdg_else_home(monkeypatch, tmp_path):
+    monkeypatch.setenv("D2V_LAB_CACHE", str(tmp_path / "mine"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache_root() == tmp_path / "mine"
+    monkeypatch.delenv("D2V_LAB_CACHE")
+    assert cache_root() == tmp_path / "xdg" / "d2v_lab"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert cache_root() == tmp_path / "home" / ".cache" / "d2v_lab"
+
+
+def test_two_data_roots_have_their_own_tokenizer_cache(tmp_path):
+    """Same folder name, same stories: the two roots still get separate cache folders."""
+    a, b = tmp_path / "a" / "data", tmp_path / "b" / "data"
+    for root in (a, b):
+        write_tinystories(root)
+        load_tokenizer(root, vocab_size=300)
+    assert cache_dir_for(a) != cache_dir_for(b) and cache_dir_for(a).parent == cache_dir_for(b).parent
+    assert cache_dir_for(a).name.startswith("data-")
+    assert [len(list(cache_dir_for(r).glob("tokenizer-*.json"))) for r in (a, b)] == [1, 1]
 
 
 def test_pack_windows_and_padding(fake_root):

@@ -11,6 +11,7 @@ canonical layout, exactly as the official download unpacks::
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -51,11 +52,46 @@ def not_found(dataset: str, searched: Path, expected: str) -> DatasetNotFound:
     )
 
 
-def cache_dir_for(preferred: Path) -> Path:
-    """Cache derived files (tokenizers, features) next to the data when that folder is writable,
-    else in ``~/.cache/d2v_lab`` so read-only data mounts still work."""
-    if os.access(preferred, os.W_OK):
-        return preferred
-    fallback = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "d2v_lab"
-    fallback.mkdir(parents=True, exist_ok=True)
-    return fallback
+CACHE_ENV_VAR = "D2V_LAB_CACHE"
+
+
+def cache_root() -> Path:
+    """The user cache for derived files: ``$D2V_LAB_CACHE``, else ``$XDG_CACHE_HOME/d2v_lab``, else
+    ``~/.cache/d2v_lab``. Never the data folder: a dataset folder holds the dataset, not a tool's
+    leftovers (and it may be shared, read-only, or under version control)."""
+    env = os.environ.get(CACHE_ENV_VAR)
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "d2v_lab"
+
+
+def cache_dir_for(root: Path) -> Path:
+    """The cache subfolder for files derived from the data root ``root``. It is named after the root
+    and a hash of its absolute path, so two data roots (say a subset and the full download) never
+    share a cache entry, and a person browsing the cache can still tell which is which. Not created
+    here: reading a cache needs no write access; see ``writable_cache_dir`` for writing."""
+    resolved = Path(root).expanduser().resolve()
+    digest = hashlib.sha256(str(resolved).encode()).hexdigest()[:12]
+    return cache_root() / f"{resolved.name or 'root'}-{digest}"
+
+
+def writable_cache_dir(root: Path) -> Path:
+    """``cache_dir_for(root)``, created; a DataError naming the folder and the variable to set when
+    it cannot be written (a read-only home, a full disk), instead of an OSError traceback."""
+    folder = cache_dir_for(root)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        writable = os.access(folder, os.W_OK)
+        reason = "no write permission"
+    except OSError as e:
+        writable, reason = False, e.strerror or str(e)
+    if not writable:
+        raise cache_not_writable(folder, reason)
+    return folder
+
+
+def cache_not_writable(folder: Path, reason: str) -> DataError:
+    """The one message for a cache that cannot be written: the folder and the variable that moves it."""
+    return DataError(f"{folder}: cannot write the d2v_lab cache here ({reason}); set {CACHE_ENV_VAR} "
+                     f"to a writable folder (export {CACHE_ENV_VAR}=/tmp/d2v_lab_cache)")
