@@ -114,6 +114,33 @@ def test_cifar_missing_labels_key(tmp_path):
         load_cifar10("test", tmp_path)
 
 
+@pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
+def test_cifar_reads_a_batch_resaved_with_any_pickle_protocol(tmp_path, protocol):
+    """Protocols 0-2 pickle bytes through _codecs.encode and 5 (Python 3.14's default) arrays through
+    numpy's _frombuffer: the restricted unpickler must allow both, as it allows the official files."""
+    folder = write_cifar(tmp_path)
+    before = load_cifar10("train", tmp_path)
+    for name in ("batches.meta", "data_batch_1", "data_batch_2"):
+        with open(folder / name, "rb") as f:
+            batch = pickle.load(f, encoding="bytes")
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=protocol))
+    after = load_cifar10("train", tmp_path)
+    assert np.array_equal(after.images, before.images) and np.array_equal(after.labels, before.labels)
+    assert after.classes == before.classes and after.labels.dtype == np.int64
+
+
+def test_cifar_reads_a_batch_resaved_after_a_latin1_load(tmp_path):
+    """torchvision loads with encoding='latin1', which makes the keys str; re-saved, they stay str."""
+    folder = write_cifar(tmp_path)
+    before = load_cifar10("test", tmp_path)
+    for name in ("batches.meta", "test_batch"):
+        with open(folder / name, "rb") as f:
+            batch = pickle.load(f, encoding="latin1")
+        (folder / name).write_bytes(pickle.dumps(batch))
+    after = load_cifar10("test", tmp_path)
+    assert np.array_equal(after.images, before.images) and after.classes == before.classes
+
+
 # --- TinyStories ----------------------------------------------------------------------------------
 
 def test_stories_split_on_separator_and_recognise_names(tmp_path):

@@ -52,6 +52,17 @@ def not_found(dataset: str, searched: Path, expected: str) -> DatasetNotFound:
     )
 
 
+def unreadable(path: Path, what: str, error: Exception) -> DataError:
+    """The error for a data file the OS will not open: most often a folder sitting where the file
+    belongs (an unpacking accident), else a permission problem. Either way the user, not the code,
+    has to act, so say which and where instead of letting the OSError's traceback through."""
+    if path.is_dir():
+        return DataError(f"{path}: is a folder, but {what} belongs here; "
+                         f"move the folder away and restore the file from the official archive")
+    return DataError(f"{path}: cannot read {what} ({getattr(error, 'strerror', None) or error}); "
+                     f"check that it is a readable file")
+
+
 CACHE_ENV_VAR = "D2V_LAB_CACHE"
 
 
