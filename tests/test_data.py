@@ -267,6 +267,19 @@ def test_speech_commands_splits_and_words(tmp_path):
     assert info == {**v001, "versions": {"v0.01": v001}}
 
 
+def test_split_lists_written_by_hand_match_the_clips(tmp_path):
+    """'./cat/x.wav', 'cat\\x.wav', surrounding spaces and CRLF endings name the same clip as 'cat/x.wav';
+    before, they matched nothing and every test clip was silently trained on."""
+    folder = write_speech_commands(tmp_path)
+    clean = {s: load_speech_commands(s, tmp_path).paths for s in ("training", "validation", "testing")}
+    (folder / "testing_list.txt").write_text("./cat/ddd_nohash_0.wav\r\n  dog\\ddd_nohash_0.wav \r\n"
+                                             "yes//ddd_nohash_0.wav\r\n\r\n")
+    (folder / "validation_list.txt").write_text("".join(f"./{w}/ccc_nohash_0.wav\n" for w in ("cat", "dog", "yes")))
+    (folder / ".ipynb_checkpoints").mkdir()  # a hidden folder is a tool's, not a word
+    assert {s: load_speech_commands(s, tmp_path).paths for s in clean} == clean
+    assert len(clean["testing"]) == 3 and load_speech_commands("testing", tmp_path).classes == ("cat", "dog", "yes")
+
+
 def test_speech_commands_v002_is_read_first_and_v001_stays_readable(tmp_path):
     write_speech_commands(tmp_path)                                     # v0.01: cat, dog, yes
     write_speech_commands(tmp_path, words=("go", "no", "stop", "yes"), speakers=("eee", "fff", "ccc", "ddd"),
