@@ -182,6 +182,15 @@ def test_stories_empty_file_is_an_error(tmp_path, content):
         load_stories("train", tmp_path)
 
 
+def test_stories_with_windows_line_endings_read_as_with_unix_ones(tmp_path):
+    folder = tmp_path / "TinyStories"
+    folder.mkdir()
+    text = "One.\nSecond line.\n<|endoftext|>\nTwo.\n<|endoftext|>\n"
+    (folder / "TinyStories-train.txt").write_bytes(text.replace("\n", "\r\n").encode())
+    (folder / "TinyStories-valid.txt").write_bytes(text.encode())
+    assert load_stories("train", tmp_path) == load_stories("valid", tmp_path) == ["One.\nSecond line.", "Two."]
+
+
 def test_tokenizer_trains_once_and_is_reused(fake_root):
     tok = load_tokenizer(fake_root, vocab_size=300)
     assert [tok.token_to_id(t) for t in SPECIAL_TOKENS] == list(range(5))
