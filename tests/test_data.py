@@ -20,11 +20,11 @@ from d2v_lab.data import (
     load_stories,
 )
 from d2v_lab.data import download as dl
-from d2v_lab.data.audio import LogMelConfig, hz_to_mel, load_clip, log_mel, mel_filterbank, mel_to_hz, resample
+from d2v_lab.data.audio import LogMelConfig, hz_to_mel, log_mel, mel_filterbank, mel_to_hz, resample
 from d2v_lab.data.root import cache_dir_for, cache_root, data_root
 from d2v_lab.data.tokenizer import CLS_ID, PAD_ID, SEP_ID, SPECIAL_TOKENS, encode_padded, load_tokenizer, pack_windows
 
-from builders import write_cifar, write_fsdd, write_speech_commands, write_stories, write_tinystories, write_wav
+from builders import write_cifar, write_fsdd, write_speech_commands, write_stories, write_tinystories
 
 # --- data root ------------------------------------------------------------------------------------
 
@@ -34,14 +34,6 @@ def test_data_root_prefers_env(monkeypatch, tmp_path):
     monkeypatch.delenv("D2V_LAB_DATA")
     assert data_root().name == "data"
     assert data_root(tmp_path / "x") == tmp_path / "x"
-
-
-def test_missing_dataset_names_folder_and_both_fixes(tmp_path, monkeypatch):
-    monkeypatch.setenv("D2V_LAB_DATA", str(tmp_path))
-    with pytest.raises(DatasetNotFound) as e:
-        load_cifar10()
-    msg = str(e.value)
-    assert str(tmp_path) in msg and "D2V_LAB_DATA" in msg and "d2v-lab data download cifar10" in msg
 
 
 # --- CIFAR-10 -------------------------------------------------------------------------------------
@@ -66,52 +58,6 @@ def test_cifar_channel_layout_is_rgb_planes(tmp_path):
     img = load_cifar10("train", tmp_path).images[0]
     assert (img[0] == 10).all() and (img[1] == 20).all()
     assert img[2, 0, 5] == 5 and img[2, 1, 0] == 32  # row-major within the blue plane
-
-
-@pytest.mark.parametrize("damage", ["garbage", "truncated"])
-def test_cifar_corrupt_pickle_names_file(tmp_path, damage):
-    folder = write_cifar(tmp_path)
-    path = folder / "data_batch_2"
-    raw = path.read_bytes()
-    path.write_bytes(b"\x00not a pickle at all" if damage == "garbage" else raw[: len(raw) // 2])
-    with pytest.raises(DataError, match="data_batch_2.*(corrupt|truncated)"):
-        load_cifar10("train", tmp_path)
-
-
-def test_cifar_refuses_code_in_pickle(tmp_path):
-    folder = write_cifar(tmp_path)
-
-    class Evil:
-        def __reduce__(self):
-            return (os.system, ("echo pwned",))
-    with open(folder / "data_batch_1", "wb") as f:
-        pickle.dump({b"data": Evil(), b"labels": []}, f)
-    with pytest.raises(DataError, match="refusing to load"):
-        load_cifar10("train", tmp_path)
-
-
-@pytest.mark.parametrize("data,labels,message", [
-    (np.zeros((4, 3000), np.uint8), [0, 1, 2, 3], r"shape \(N, 3072\)"),
-    (np.zeros((4, 3072), np.float32), [0, 1, 2, 3], "uint8"),
-    (np.zeros((4, 3072), np.uint8), [0, 1, 2], "4 images but 3 labels"),
-    (np.zeros((4, 3072), np.uint8), [0, 1, 2, 10], r"labels must be integers in \[0, 10\)"),
-    (np.zeros((4, 3072), np.uint8), [0, -1, 2, 3], r"labels must be integers in \[0, 10\)"),
-])
-def test_cifar_bad_shapes_and_labels(tmp_path, data, labels, message):
-    folder = write_cifar(tmp_path)
-    with open(folder / "test_batch", "wb") as f:
-        pickle.dump({b"data": data, b"labels": labels}, f)
-    with pytest.raises(DataError, match=message) as e:
-        load_cifar10("test", tmp_path)
-    assert "test_batch" in str(e.value)
-
-
-def test_cifar_missing_labels_key(tmp_path):
-    folder = write_cifar(tmp_path)
-    with open(folder / "test_batch", "wb") as f:
-        pickle.dump({b"data": np.zeros((2, 3072), np.uint8)}, f)
-    with pytest.raises(DataError, match="no b'labels' entry"):
-        load_cifar10("test", tmp_path)
 
 
 @pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
@@ -163,23 +109,6 @@ def test_stories_inline_separator(tmp_path):
     path.parent.mkdir()
     path.write_text("One.<|endoftext|>Two.\n<|endoftext|>\n", encoding="utf-8")
     assert load_stories("valid", tmp_path) == ["One.", "Two."]
-
-
-def test_stories_non_utf8_names_file(tmp_path):
-    path = tmp_path / "TinyStories" / "TinyStories-train.txt"
-    path.parent.mkdir()
-    path.write_bytes("Fine line.\n".encode() + b"caf\xe9 latin-1\n<|endoftext|>\n")
-    with pytest.raises(DataError, match="TinyStories-train.txt: not valid UTF-8"):
-        load_stories("train", tmp_path)
-
-
-@pytest.mark.parametrize("content", ["", "\n<|endoftext|>\n  \n<|endoftext|>\n"])
-def test_stories_empty_file_is_an_error(tmp_path, content):
-    path = tmp_path / "TinyStories" / "TinyStories-train.txt"
-    path.parent.mkdir()
-    path.write_text(content)
-    with pytest.raises(DataError, match="holds no story"):
-        load_stories("train", tmp_path)
 
 
 def test_stories_with_windows_line_endings_read_as_with_unix_ones(tmp_path):
@@ -313,36 +242,6 @@ def test_cli_data_info_lists_every_speech_commands_version(tmp_path, monkeypatch
     assert "(v0.02)  (read by default)" in out and "(v0.01)\n" in out and out.count("speakers 4") == 2
 
 
-def test_split_list_naming_missing_file(tmp_path):
-    folder = write_speech_commands(tmp_path)
-    with open(folder / "testing_list.txt", "a") as f:
-        f.write("cat/zzz_nohash_9.wav\n")
-    with pytest.raises(DataError, match=r"testing_list.txt: names 1 file\(s\) that do not exist.*zzz"):
-        load_speech_commands("training", tmp_path)
-
-
-@pytest.mark.parametrize("kwargs,message", [
-    ({"rate": 8000}, "sample rate 8000 Hz, but this dataset's files are 16000 Hz"),
-    ({"subtype": "PCM_24"}, "expected 16-bit PCM, found PCM_24"),
-    ({"subtype": "FLOAT"}, "expected 16-bit PCM, found FLOAT"),
-    ({"channels": 2}, "expected mono, found 2 channels"),
-])
-def test_speech_commands_bad_wav(tmp_path, kwargs, message):
-    folder = write_speech_commands(tmp_path)
-    write_wav(folder / "dog" / "aaa_nohash_0.wav", **kwargs)
-    clips = load_speech_commands("training", tmp_path)
-    with pytest.raises(DataError, match=message) as e:
-        clips.waveforms(progress=False)
-    assert "dog/aaa_nohash_0.wav" in str(e.value)
-
-
-def test_truncated_wav_is_an_error(tmp_path):
-    path = write_wav(tmp_path / "x.wav")
-    path.write_bytes(path.read_bytes()[:20])
-    with pytest.raises(DataError, match="x.wav: not a readable wav"):
-        load_clip(path, 16000)
-
-
 # --- FSDD -----------------------------------------------------------------------------------------
 
 def test_fsdd_resampled_and_split_by_speaker(tmp_path):
@@ -358,17 +257,6 @@ def test_fsdd_resampled_and_split_by_speaker(tmp_path):
     with pytest.raises(ValueError, match="unknown FSDD speaker"):
         load_fsdd("test", tmp_path, test_speakers=("zed",))
     assert dataset_info(tmp_path)["fsdd"]["clips"] == 60
-
-
-def test_fsdd_wrong_rate_and_bad_name(tmp_path):
-    folder = write_fsdd(tmp_path, speakers=("alice",), takes=1)
-    write_wav(folder / "3_alice_0.wav", rate=16000)
-    clips = load_fsdd("all", tmp_path)
-    with pytest.raises(DataError, match="3_alice_0.wav: sample rate 16000 Hz.*8000 Hz"):
-        clips.waveforms(progress=False)
-    write_wav(folder / "noise.wav", rate=8000)
-    with pytest.raises(DataError, match="not named <digit>_<speaker>_<take>.wav, e.g. noise.wav"):
-        load_fsdd("all", tmp_path)
 
 
 # --- audio front end ------------------------------------------------------------------------------

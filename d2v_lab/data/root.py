@@ -41,14 +41,12 @@ def data_root(root: str | os.PathLike | None = None) -> Path:
 
 
 def not_found(dataset: str, searched: Path, expected: str) -> DatasetNotFound:
-    """The one error message for a missing dataset: where we looked and the two ways to fix it."""
+    """The one error message for a missing dataset: where we looked and the two ways to fix it.
+    One line, like every DataError, so the CLI can print it as one."""
     return DatasetNotFound(
-        f"{dataset} not found: looked for {expected} in {searched}.\n"
-        f"Fix it in one of two ways:\n"
-        f"  1. point {ENV_VAR} at a folder that holds {expected} "
-        f"(e.g. export {ENV_VAR}=/path/to/data), or\n"
-        f"  2. download the official archive into {searched} with "
-        f"`d2v-lab data download {dataset}` (needs internet)."
+        f"{dataset} not found: looked for {expected} in {searched}; fix: point {ENV_VAR} at a folder "
+        f"that holds it (export {ENV_VAR}=/path/to/data), or download the official archive into "
+        f"{searched} with `d2v-lab data download {dataset}` (needs internet)"
     )
 
 
