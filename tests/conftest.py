@@ -25,6 +25,17 @@ def one_thread():
     torch.set_num_threads(n)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def user_cache(tmp_path_factory):
+    """Derived files (the tokenizer) go to the user cache, $D2V_LAB_CACHE: point it into the test
+    session's temp folder so tests never write into ~/.cache. One folder per session, not per test:
+    each data root has its own subfolder anyway, and the shared data's tokenizer is trained once."""
+    with pytest.MonkeyPatch.context() as mp:
+        cache = tmp_path_factory.mktemp("d2v_lab_cache")
+        mp.setenv("D2V_LAB_CACHE", str(cache))
+        yield cache
+
+
 @pytest.fixture
 def fake_root(tmp_path, monkeypatch) -> Path:
     """A data root with all four datasets in canonical layout, selected through D2V_LAB_DATA."""

@@ -20,11 +20,11 @@ from d2v_lab.data import (
     load_stories,
 )
 from d2v_lab.data import download as dl
-from d2v_lab.data.audio import LogMelConfig, hz_to_mel, load_clip, log_mel, mel_filterbank, mel_to_hz, resample
-from d2v_lab.data.root import data_root
+from d2v_lab.data.audio import LogMelConfig, hz_to_mel, log_mel, mel_filterbank, mel_to_hz, resample
+from d2v_lab.data.root import cache_dir_for, cache_root, data_root
 from d2v_lab.data.tokenizer import CLS_ID, PAD_ID, SEP_ID, SPECIAL_TOKENS, encode_padded, load_tokenizer, pack_windows
 
-from builders import write_cifar, write_fsdd, write_speech_commands, write_stories, write_wav
+from builders import write_cifar, write_fsdd, write_speech_commands, write_stories, write_tinystories
 
 # --- data root ------------------------------------------------------------------------------------
 
@@ -34,14 +34,6 @@ def test_data_root_prefers_env(monkeypatch, tmp_path):
     monkeypatch.delenv("D2V_LAB_DATA")
     assert data_root().name == "data"
     assert data_root(tmp_path / "x") == tmp_path / "x"
-
-
-def test_missing_dataset_names_folder_and_both_fixes(tmp_path, monkeypatch):
-    monkeypatch.setenv("D2V_LAB_DATA", str(tmp_path))
-    with pytest.raises(DatasetNotFound) as e:
-        load_cifar10()
-    msg = str(e.value)
-    assert str(tmp_path) in msg and "D2V_LAB_DATA" in msg and "d2v-lab data download cifar10" in msg
 
 
 # --- CIFAR-10 -------------------------------------------------------------------------------------
@@ -68,50 +60,31 @@ def test_cifar_channel_layout_is_rgb_planes(tmp_path):
     assert img[2, 0, 5] == 5 and img[2, 1, 0] == 32  # row-major within the blue plane
 
 
-@pytest.mark.parametrize("damage", ["garbage", "truncated"])
-def test_cifar_corrupt_pickle_names_file(tmp_path, damage):
+@pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
+def test_cifar_reads_a_batch_resaved_with_any_pickle_protocol(tmp_path, protocol):
+    """Protocols 0-2 pickle bytes through _codecs.encode and 5 (Python 3.14's default) arrays through
+    numpy's _frombuffer: the restricted unpickler must allow both, as it allows the official files."""
     folder = write_cifar(tmp_path)
-    path = folder / "data_batch_2"
-    raw = path.read_bytes()
-    path.write_bytes(b"\x00not a pickle at all" if damage == "garbage" else raw[: len(raw) // 2])
-    with pytest.raises(DataError, match="data_batch_2.*(corrupt|truncated)"):
-        load_cifar10("train", tmp_path)
+    before = load_cifar10("train", tmp_path)
+    for name in ("batches.meta", "data_batch_1", "data_batch_2"):
+        with open(folder / name, "rb") as f:
+            batch = pickle.load(f, encoding="bytes")
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=protocol))
+    after = load_cifar10("train", tmp_path)
+    assert np.array_equal(after.images, before.images) and np.array_equal(after.labels, before.labels)
+    assert after.classes == before.classes and after.labels.dtype == np.int64
 
 
-def test_cifar_refuses_code_in_pickle(tmp_path):
+def test_cifar_reads_a_batch_resaved_after_a_latin1_load(tmp_path):
+    """torchvision loads with encoding='latin1', which makes the keys str; re-saved, they stay str."""
     folder = write_cifar(tmp_path)
-
-    class Evil:
-        def __reduce__(self):
-            return (os.system, ("echo pwned",))
-    with open(folder / "data_batch_1", "wb") as f:
-        pickle.dump({b"data": Evil(), b"labels": []}, f)
-    with pytest.raises(DataError, match="refusing to load"):
-        load_cifar10("train", tmp_path)
-
-
-@pytest.mark.parametrize("data,labels,message", [
-    (np.zeros((4, 3000), np.uint8), [0, 1, 2, 3], r"shape \(N, 3072\)"),
-    (np.zeros((4, 3072), np.float32), [0, 1, 2, 3], "uint8"),
-    (np.zeros((4, 3072), np.uint8), [0, 1, 2], "4 images but 3 labels"),
-    (np.zeros((4, 3072), np.uint8), [0, 1, 2, 10], r"labels must be integers in \[0, 10\)"),
-    (np.zeros((4, 3072), np.uint8), [0, -1, 2, 3], r"labels must be integers in \[0, 10\)"),
-])
-def test_cifar_bad_shapes_and_labels(tmp_path, data, labels, message):
-    folder = write_cifar(tmp_path)
-    with open(folder / "test_batch", "wb") as f:
-        pickle.dump({b"data": data, b"labels": labels}, f)
-    with pytest.raises(DataError, match=message) as e:
-        load_cifar10("test", tmp_path)
-    assert "test_batch" in str(e.value)
-
-
-def test_cifar_missing_labels_key(tmp_path):
-    folder = write_cifar(tmp_path)
-    with open(folder / "test_batch", "wb") as f:
-        pickle.dump({b"data": np.zeros((2, 3072), np.uint8)}, f)
-    with pytest.raises(DataError, match="no b'labels' entry"):
-        load_cifar10("test", tmp_path)
+    before = load_cifar10("test", tmp_path)
+    for name in ("batches.meta", "test_batch"):
+        with open(folder / name, "rb") as f:
+            batch = pickle.load(f, encoding="latin1")
+        (folder / name).write_bytes(pickle.dumps(batch))
+    after = load_cifar10("test", tmp_path)
+    assert np.array_equal(after.images, before.images) and after.classes == before.classes
 
 
 # --- TinyStories ----------------------------------------------------------------------------------
@@ -138,28 +111,21 @@ def test_stories_inline_separator(tmp_path):
     assert load_stories("valid", tmp_path) == ["One.", "Two."]
 
 
-def test_stories_non_utf8_names_file(tmp_path):
-    path = tmp_path / "TinyStories" / "TinyStories-train.txt"
-    path.parent.mkdir()
-    path.write_bytes("Fine line.\n".encode() + b"caf\xe9 latin-1\n<|endoftext|>\n")
-    with pytest.raises(DataError, match="TinyStories-train.txt: not valid UTF-8"):
-        load_stories("train", tmp_path)
-
-
-@pytest.mark.parametrize("content", ["", "\n<|endoftext|>\n  \n<|endoftext|>\n"])
-def test_stories_empty_file_is_an_error(tmp_path, content):
-    path = tmp_path / "TinyStories" / "TinyStories-train.txt"
-    path.parent.mkdir()
-    path.write_text(content)
-    with pytest.raises(DataError, match="holds no story"):
-        load_stories("train", tmp_path)
+def test_stories_with_windows_line_endings_read_as_with_unix_ones(tmp_path):
+    folder = tmp_path / "TinyStories"
+    folder.mkdir()
+    text = "One.\nSecond line.\n<|endoftext|>\nTwo.\n<|endoftext|>\n"
+    (folder / "TinyStories-train.txt").write_bytes(text.replace("\n", "\r\n").encode())
+    (folder / "TinyStories-valid.txt").write_bytes(text.encode())
+    assert load_stories("train", tmp_path) == load_stories("valid", tmp_path) == ["One.\nSecond line.", "Two."]
 
 
 def test_tokenizer_trains_once_and_is_reused(fake_root):
     tok = load_tokenizer(fake_root, vocab_size=300)
     assert [tok.token_to_id(t) for t in SPECIAL_TOKENS] == list(range(5))
-    cached = list((fake_root / "TinyStories").glob("tokenizer-*.json"))
+    cached = list(cache_dir_for(fake_root).glob("tokenizer-*.json"))
     assert len(cached) == 1
+    assert [p.name for p in fake_root.rglob("*") if "tokenizer" in p.name] == []  # the data folder stays as it was
     mtime = cached[0].stat().st_mtime_ns
     again = load_tokenizer(fake_root, vocab_size=300)
     assert cached[0].stat().st_mtime_ns == mtime and again.get_vocab() == tok.get_vocab()
@@ -171,7 +137,29 @@ def test_tokenizer_cache_changes_with_data(fake_root):
     load_tokenizer(fake_root, vocab_size=300)
     write_stories(fake_root / "TinyStories" / "TinyStories-train.txt", ["Completely new words here."] * 5)
     load_tokenizer(fake_root, vocab_size=300)
-    assert len(list((fake_root / "TinyStories").glob("tokenizer-*.json"))) == 2
+    assert len(list(cache_dir_for(fake_root).glob("tokenizer-*.json"))) == 2
+
+
+def test_cache_is_d2v_lab_cache_else_xdg_else_home(monkeypatch, tmp_path):
+    monkeypatch.setenv("D2V_LAB_CACHE", str(tmp_path / "mine"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache_root() == tmp_path / "mine"
+    monkeypatch.delenv("D2V_LAB_CACHE")
+    assert cache_root() == tmp_path / "xdg" / "d2v_lab"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert cache_root() == tmp_path / "home" / ".cache" / "d2v_lab"
+
+
+def test_two_data_roots_have_their_own_tokenizer_cache(tmp_path):
+    """Same folder name, same stories: the two roots still get separate cache folders."""
+    a, b = tmp_path / "a" / "data", tmp_path / "b" / "data"
+    for root in (a, b):
+        write_tinystories(root)
+        load_tokenizer(root, vocab_size=300)
+    assert cache_dir_for(a) != cache_dir_for(b) and cache_dir_for(a).parent == cache_dir_for(b).parent
+    assert cache_dir_for(a).name.startswith("data-")
+    assert [len(list(cache_dir_for(r).glob("tokenizer-*.json"))) for r in (a, b)] == [1, 1]
 
 
 def test_pack_windows_and_padding(fake_root):
@@ -217,6 +205,19 @@ def test_speech_commands_splits_and_words(tmp_path):
     assert info == {**v001, "versions": {"v0.01": v001}}
 
 
+def test_split_lists_written_by_hand_match_the_clips(tmp_path):
+    """'./cat/x.wav', 'cat\\x.wav', surrounding spaces and CRLF endings name the same clip as 'cat/x.wav';
+    before, they matched nothing and every test clip was silently trained on."""
+    folder = write_speech_commands(tmp_path)
+    clean = {s: load_speech_commands(s, tmp_path).paths for s in ("training", "validation", "testing")}
+    (folder / "testing_list.txt").write_text("./cat/ddd_nohash_0.wav\r\n  dog\\ddd_nohash_0.wav \r\n"
+                                             "yes//ddd_nohash_0.wav\r\n\r\n")
+    (folder / "validation_list.txt").write_text("".join(f"./{w}/ccc_nohash_0.wav\n" for w in ("cat", "dog", "yes")))
+    (folder / ".ipynb_checkpoints").mkdir()  # a hidden folder is a tool's, not a word
+    assert {s: load_speech_commands(s, tmp_path).paths for s in clean} == clean
+    assert len(clean["testing"]) == 3 and load_speech_commands("testing", tmp_path).classes == ("cat", "dog", "yes")
+
+
 def test_speech_commands_v002_is_read_first_and_v001_stays_readable(tmp_path):
     write_speech_commands(tmp_path)                                     # v0.01: cat, dog, yes
     write_speech_commands(tmp_path, words=("go", "no", "stop", "yes"), speakers=("eee", "fff", "ccc", "ddd"),
@@ -241,36 +242,6 @@ def test_cli_data_info_lists_every_speech_commands_version(tmp_path, monkeypatch
     assert "(v0.02)  (read by default)" in out and "(v0.01)\n" in out and out.count("speakers 4") == 2
 
 
-def test_split_list_naming_missing_file(tmp_path):
-    folder = write_speech_commands(tmp_path)
-    with open(folder / "testing_list.txt", "a") as f:
-        f.write("cat/zzz_nohash_9.wav\n")
-    with pytest.raises(DataError, match=r"testing_list.txt: names 1 file\(s\) that do not exist.*zzz"):
-        load_speech_commands("training", tmp_path)
-
-
-@pytest.mark.parametrize("kwargs,message", [
-    ({"rate": 8000}, "sample rate 8000 Hz, but this dataset's files are 16000 Hz"),
-    ({"subtype": "PCM_24"}, "expected 16-bit PCM, found PCM_24"),
-    ({"subtype": "FLOAT"}, "expected 16-bit PCM, found FLOAT"),
-    ({"channels": 2}, "expected mono, found 2 channels"),
-])
-def test_speech_commands_bad_wav(tmp_path, kwargs, message):
-    folder = write_speech_commands(tmp_path)
-    write_wav(folder / "dog" / "aaa_nohash_0.wav", **kwargs)
-    clips = load_speech_commands("training", tmp_path)
-    with pytest.raises(DataError, match=message) as e:
-        clips.waveforms(progress=False)
-    assert "dog/aaa_nohash_0.wav" in str(e.value)
-
-
-def test_truncated_wav_is_an_error(tmp_path):
-    path = write_wav(tmp_path / "x.wav")
-    path.write_bytes(path.read_bytes()[:20])
-    with pytest.raises(DataError, match="x.wav: not a readable wav"):
-        load_clip(path, 16000)
-
-
 # --- FSDD -----------------------------------------------------------------------------------------
 
 def test_fsdd_resampled_and_split_by_speaker(tmp_path):
@@ -286,17 +257,6 @@ def test_fsdd_resampled_and_split_by_speaker(tmp_path):
     with pytest.raises(ValueError, match="unknown FSDD speaker"):
         load_fsdd("test", tmp_path, test_speakers=("zed",))
     assert dataset_info(tmp_path)["fsdd"]["clips"] == 60
-
-
-def test_fsdd_wrong_rate_and_bad_name(tmp_path):
-    folder = write_fsdd(tmp_path, speakers=("alice",), takes=1)
-    write_wav(folder / "3_alice_0.wav", rate=16000)
-    clips = load_fsdd("all", tmp_path)
-    with pytest.raises(DataError, match="3_alice_0.wav: sample rate 16000 Hz.*8000 Hz"):
-        clips.waveforms(progress=False)
-    write_wav(folder / "noise.wav", rate=8000)
-    with pytest.raises(DataError, match="not named <digit>_<speaker>_<take>.wav, e.g. noise.wav"):
-        load_fsdd("all", tmp_path)
 
 
 # --- audio front end ------------------------------------------------------------------------------

@@ -16,28 +16,60 @@ import torch
 from scipy.signal import resample_poly
 from tqdm.auto import tqdm
 
-from .root import DataError
+from .root import DataError, unreadable
 
 SAMPLE_RATE = 16_000
 CLIP_SAMPLES = SAMPLE_RATE  # 1 s
 
 
+def _header_frames(path: Path, block_align: int) -> int | None:
+    """The frame count a RIFF/WAVE header promises (the ``data`` chunk's size / bytes per frame), or
+    None when there is no usable size to compare with. libsndfile (under soundfile) silently
+    shortens a cut-off file to the frames present and only logs the mismatch, so we read the chunk
+    sizes ourselves: RIFF is a 12-byte preamble followed by (4-byte id, 4-byte little-endian size)
+    chunks, each padded to an even size."""
+    with open(path, "rb") as f:
+        if f.read(4) != b"RIFF" or len(f.read(4)) != 4 or f.read(4) != b"WAVE":
+            return None  # RF64, W64, ...: let soundfile's own checks speak
+        while True:
+            head = f.read(8)
+            if len(head) < 8:
+                return None
+            chunk, size = head[:4], int.from_bytes(head[4:], "little")
+            if chunk == b"data":
+                # streaming writers leave 0 or 0xFFFFFFFF when they cannot seek back to fill it in
+                return None if size in (0, 0xFFFFFFFF) else size // block_align
+            f.seek(size + (size & 1), 1)
+
+
 def read_wav(path: Path, expected_rate: int) -> np.ndarray:
-    """Read a mono 16-bit PCM wav as float32 in [-1, 1); refuse anything else with a clear error."""
+    """Read a mono 16-bit PCM wav as float32 in [-1, 1); refuse anything else (wrong format, rate,
+    channels, a file cut short of what its header says, an empty file) with a one-line DataError."""
+    fix = "convert it, or restore the file from the dataset's official archive"
     try:
         meta = sf.info(str(path))
     except (RuntimeError, sf.LibsndfileError) as e:  # LibsndfileError subclasses RuntimeError
-        raise DataError(f"{path}: not a readable wav file ({e})") from e
+        if path.is_dir():
+            raise unreadable(path, "a wav file", e) from e
+        reason = getattr(e, "error_string", None) or str(e)
+        raise DataError(f"{path}: not a readable wav file ({reason}); restore it from the dataset's "
+                        f"official archive or delete it") from e
     if meta.subtype != "PCM_16":
-        raise DataError(f"{path}: expected 16-bit PCM, found {meta.subtype} ({meta.subtype_info})")
+        raise DataError(f"{path}: expected 16-bit PCM, found {meta.subtype} ({meta.subtype_info}); {fix}")
     if meta.channels != 1:
-        raise DataError(f"{path}: expected mono, found {meta.channels} channels")
+        raise DataError(f"{path}: expected mono, found {meta.channels} channels; {fix}")
     if meta.samplerate != expected_rate:
         raise DataError(f"{path}: sample rate {meta.samplerate} Hz, but this dataset's files "
-                        f"are {expected_rate} Hz")
+                        f"are {expected_rate} Hz; resample it to {expected_rate} Hz, or restore the file "
+                        f"from the dataset's official archive")
     audio, _ = sf.read(str(path), dtype="float32")
     if audio.size == 0:
-        raise DataError(f"{path}: holds no samples")
+        raise DataError(f"{path}: holds no samples; delete it or restore it from the dataset's official archive")
+    promised = _header_frames(path, block_align=2) if meta.format == "WAV" else None
+    if promised is not None and len(audio) < promised:
+        # a cut-off download or copy: zero-padding it to 1 s would hide the missing speech
+        raise DataError(f"{path}: truncated: the wav header says {promised} samples but only {len(audio)} "
+                        f"are in the file; re-download the dataset or delete this file")
     return audio
 
 

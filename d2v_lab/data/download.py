@@ -67,12 +67,14 @@ def ensure_dataset(name: str, root: Path) -> None:
         try:
             _retrieve(remote, root)
         except ValueError as e:  # pooch's checksum mismatch
-            raise DataError(f"{remote.url}: download does not match its known checksum ({e})") from e
+            raise DataError(f"{remote.url}: download does not match its known checksum ({e}); "
+                            f"run the download again, and report it if it fails the same way") from e
         except Exception as e:  # network failure: offline, proxy, server down
+            reason = " ".join(str(e).split())  # one line: network errors often span several
             raise DatasetNotFound(
-                f"could not download {name} from {remote.url} into {root} ({type(e).__name__}: {e}).\n"
-                f"Offline? Copy the dataset into {root} in its official layout, or point {ENV_VAR} "
-                f"at a folder that already holds it.") from e
+                f"could not download {name} from {remote.url} into {root} ({type(e).__name__}: {reason}); "
+                f"offline? copy the dataset into {root} in its official layout, or point {ENV_VAR} "
+                f"at a folder that already holds it") from e
     if name == "fsdd":  # the tag archive nests recordings/ one folder down; move it into place
         nested = next((root / ".downloads" / "fsdd").glob("*/recordings"))
         (root / "FSDD").mkdir(exist_ok=True)

@@ -33,6 +33,10 @@ def find_fsdd(root=None, download: bool = False) -> Path:
 
 
 def _parse(folder: Path) -> list[tuple[Path, int, str, int]]:
+    """(path, digit, speaker, take) for every recording. Refuses files it cannot label and a digit
+    without recordings: FSDD's classes are the ten digits whatever the folder holds, so a missing
+    digit would be a class no clip can teach (the official set has every digit from every speaker,
+    so a missing digit means an incomplete copy)."""
     rows, odd = [], []
     for p in sorted(folder.glob("*.wav")):
         m = FILE_PATTERN.match(p.name)
@@ -42,9 +46,14 @@ def _parse(folder: Path) -> list[tuple[Path, int, str, int]]:
             odd.append(p.name)
     if odd:  # refuse rather than silently drop clips we cannot label
         raise DataError(f"{folder}: {len(odd)} wav file(s) not named <digit>_<speaker>_<take>.wav, "
-                        f"e.g. {odd[0]}")
+                        f"e.g. {odd[0]}; rename them in that pattern or move them out of the folder")
     if not rows:
-        raise DataError(f"{folder}: no FSDD recordings found")
+        raise DataError(f"{folder}: no FSDD recordings found; restore recordings/ from the official archive")
+    absent = sorted(set(range(len(DIGIT_WORDS))) - {r[1] for r in rows})
+    if absent:
+        raise DataError(f"{folder}: no recording of digit(s) {', '.join(map(str, absent))} "
+                        f"(files {absent[0]}_<speaker>_<take>.wav); a digit without clips cannot be a class: "
+                        f"restore the recordings from the official archive")
     return rows
 
 

@@ -6,13 +6,14 @@ to the version folder); every other clip is training data. ``_background_noise_`
 """
 from __future__ import annotations
 
+import posixpath
 from pathlib import Path
 
 import numpy as np
 
 from .audio import SAMPLE_RATE, ClipSet
 from .download import ensure_dataset
-from .root import DataError, data_root, not_found
+from .root import DataError, data_root, not_found, unreadable
 
 FOLDER = "SpeechCommands"
 VERSIONS = ("speech_commands_v0.02", "speech_commands_v0.01")  # newest first
@@ -43,28 +44,72 @@ def find_speech_commands(root=None, download: bool = False, version: str | None 
                     f"{FOLDER}/{' or '.join(candidates)}/ (word folders + split lists)")
 
 
-def _read_list(folder: Path, name: str) -> set[str]:
+def _normalise_entry(entry: str) -> str:
+    """A list entry as people write it -> the form clip names have: ' ./cat\\x.wav' -> 'cat/x.wav'.
+    Surrounding whitespace, Windows separators and './' (or 'a/../') would otherwise make an existing
+    clip match nothing, and an unmatched test clip silently becomes training data."""
+    return posixpath.normpath(entry.strip().replace("\\", "/"))
+
+
+def _read_list(folder: Path, name: str, clips: set[str]) -> set[str]:
+    """The clips a split list names, normalised. Every entry must name one of ``clips``: an entry
+    that matches nothing is an error, never ignored, because the clip it meant to hold out would
+    then be trained on."""
     path = folder / name
-    if not path.is_file():
-        raise DataError(f"{path}: split list missing (the official archive has {name})")
-    entries = {line.strip() for line in path.read_text().splitlines() if line.strip()}
-    missing = sorted(e for e in entries if not (folder / e).is_file())
+    if not path.exists():
+        raise DataError(f"{path}: split list missing (the official archive has {name}); restore it from "
+                        f"the archive, or every clip it holds out becomes training data")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except OSError as e:
+        raise unreadable(path, "a split list", e) from e
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not valid UTF-8 ({e.reason} at byte {e.start}); "
+                        f"restore it from the official archive") from e
+    entries = {_normalise_entry(line) for line in text.splitlines() if line.strip()}
+    unmatched = entries - clips
+    missing = sorted(e for e in unmatched if not (folder / e).is_file())
     if missing:
-        raise DataError(f"{path}: names {len(missing)} file(s) that do not exist, "
-                        f"e.g. {', '.join(missing[:3])}")
+        raise DataError(f"{path}: names {len(missing)} file(s) that do not exist, e.g. {', '.join(missing[:3])}; "
+                        f"restore the clips or remove those lines")
+    if unmatched:
+        odd = sorted(unmatched)
+        raise DataError(f"{path}: names {len(odd)} file(s) that are not word clips, e.g. {', '.join(odd[:3])}; "
+                        f"list each clip as <word>/<file>.wav relative to {folder} (e.g. {min(clips)})")
     return entries
 
 
+def _is_word_folder(p: Path) -> bool:
+    """Word folders are the folders whose names start with neither '_' (_background_noise_ is not a
+    word) nor '.' (hidden folders such as .ipynb_checkpoints are a tool's, not the dataset's), and
+    that are not named like a split list (reading the list reports a folder in its place)."""
+    return p.is_dir() and not p.name.startswith(("_", ".")) and p.name not in LISTS.values()
+
+
 def clip_index(folder: Path) -> tuple[list[str], dict[str, list[str]]]:
-    """Word list and, per split, the clips (relative paths like 'cat/0ab3b47d_nohash_0.wav')."""
-    words = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("_"))
+    """Word list and, per split, the clips (relative paths like 'cat/0ab3b47d_nohash_0.wav').
+
+    An empty word folder is refused, not skipped and not kept: kept, it would be a class no clip can
+    teach (an extra probe output, a wrong word count); skipped, the class list would silently differ
+    from the complete dataset's. In the official layout every word has clips, so an empty word folder
+    means an incomplete copy, which the user should know about.
+    """
+    words = sorted(p.name for p in folder.iterdir() if _is_word_folder(p))
     if not words:
-        raise DataError(f"{folder}: no word folders found")
-    clips = sorted(f"{w}/{p.name}" for w in words for p in (folder / w).glob("*.wav"))
-    held_out = {split: _read_list(folder, name) for split, name in LISTS.items()}
+        raise DataError(f"{folder}: no word folders found; the official layout is <word>/<speaker>_nohash_<n>.wav "
+                        f"(restore it from the official archive)")
+    per_word = {w: sorted(p.name for p in (folder / w).glob("*.wav")) for w in words}
+    empty = [w for w in words if not per_word[w]]
+    if empty:
+        others = f" (and {len(empty) - 1} more: {', '.join(empty[1:4])})" if len(empty) > 1 else ""
+        raise DataError(f"{folder / empty[0]}: word folder holds no .wav clip{others}; a word without clips "
+                        f"cannot be a class: restore its clips from the official archive or remove the folder")
+    clips = sorted(f"{w}/{name}" for w in words for name in per_word[w])
+    held_out = {split: _read_list(folder, name, set(clips)) for split, name in LISTS.items()}
     both = held_out["validation"] & held_out["testing"]
     if both:
-        raise DataError(f"{folder}: {len(both)} clip(s) are in both split lists, e.g. {min(both)}")
+        raise DataError(f"{folder}: {len(both)} clip(s) are in both split lists, e.g. {min(both)}; "
+                        f"a clip belongs to one split: remove it from validation_list.txt or testing_list.txt")
     splits = {s: [] for s in SPLITS}
     for c in clips:
         split = next((s for s, names in held_out.items() if c in names), "training")

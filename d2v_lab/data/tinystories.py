@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 
 from .download import ensure_dataset
-from .root import DataError, data_root, not_found
+from .root import DataError, data_root, not_found, unreadable
 
 FOLDER = "TinyStories"
 SEPARATOR = "<|endoftext|>"
@@ -39,23 +39,39 @@ def story_files(folder: Path) -> dict[str, list[Path]]:
 
 
 def read_stories(path: Path) -> list[str]:
-    """All stories of one file, stripped, in file order. Raises DataError for non-UTF-8 or empty files."""
-    stories, current, line_no = [], [], 0
+    """All stories of one file, stripped, in file order. Raises DataError for non-UTF-8 or empty files.
+
+    The file is read as bytes and decoded line by line, so a bad byte is reported at its own line
+    (a text-mode reader decodes 8 KiB blocks ahead of the lines it hands out, and so reported lines
+    dozens early). Splitting at the newline byte is safe: in UTF-8 it never occurs inside a character.
+    Line endings are normalised as text mode would (CRLF and a lone CR become LF).
+    """
+    stories, current = [], []
     try:
-        with open(path, encoding="utf-8", errors="strict") as f:
-            for line_no, line in enumerate(f, 1):
+        with open(path, "rb") as f:
+            for line_no, raw in enumerate(f, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise DataError(f"{path}: not valid UTF-8 at line {line_no}, byte {e.start + 1} of that "
+                                    f"line ({e.reason}: {raw[e.start:e.end]!r}); re-save the file as UTF-8 "
+                                    f"(e.g. iconv -f latin1 -t utf-8) or restore it from the official "
+                                    f"download") from e
+                if "\r" in line:
+                    line = line.replace("\r\n", "\n").replace("\r", "\n")
                 parts = line.split(SEPARATOR)
                 for i, part in enumerate(parts):
                     if i > 0:  # a separator ended the story so far
                         stories.append("".join(current).strip())
                         current = []
                     current.append(part)
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not valid UTF-8 (after line {line_no}: {e.reason})") from e
+    except OSError as e:
+        raise unreadable(path, "a TinyStories text file", e) from e
     stories.append("".join(current).strip())
     stories = [s for s in stories if s]
     if not stories:
-        raise DataError(f"{path}: holds no story (the file is empty or only separators)")
+        raise DataError(f"{path}: holds no story (the file is empty or only separators); "
+                        f"restore it from the official download or remove it")
     return stories
 
 
@@ -71,7 +87,8 @@ def load_stories(split: str = "train", root=None, download: bool = False,
     files = [p for p in story_files(folder)[split]
              if lowercase_files is None or ("-lowercase" in p.name) == lowercase_files]
     if not files:
-        raise DataError(f"{folder}: no TinyStories file for split {split!r}")
+        raise DataError(f"{folder}: no TinyStories file for split {split!r} "
+                        f"(lowercase_files={lowercase_files}); add TinyStories-{split}.txt from the official download")
     return [s for path in files for s in read_stories(path)]
 
 

@@ -2,8 +2,9 @@
 
 The tokenizer is trained on the training stories only, lower-cases its input by default (the shared
 data mixes cased and lower-cased stories; one vocabulary for both doubles what the model sees), and is
-cached as JSON next to the data (or in ``~/.cache/d2v_lab`` when the data folder is read-only). The cache
-key holds the vocabulary size, the case setting and a fingerprint of the training files, so new data
+cached as JSON in the user cache (``$D2V_LAB_CACHE``, else ``$XDG_CACHE_HOME/d2v_lab``, else
+``~/.cache/d2v_lab``), in a subfolder per data root; never in the data folder itself. The cache key
+holds the vocabulary size, the case setting and a fingerprint of the training files, so new data
 retrains it and the same data reuses it.
 """
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
-from .root import DataError, cache_dir_for
+from .root import DataError, cache_dir_for, cache_not_writable, data_root, writable_cache_dir
 from .tinystories import find_tinystories, read_stories, story_files
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -57,20 +58,32 @@ def load_tokenizer(root=None, vocab_size: int = 4096, lowercase: bool = True,
     folder = find_tinystories(root)
     files = story_files(folder)["train"]
     if not files:
-        raise DataError(f"{folder}: no TinyStories training file to train a tokenizer on")
+        raise DataError(f"{folder}: no TinyStories training file to train a tokenizer on; "
+                        f"add TinyStories-train.txt from the official download")
     case = "lc" if lowercase else "cased"
     name = f"tokenizer-bpe{vocab_size}-{case}-{max_stories}-{_fingerprint(files)}.json"
-    path = cache_dir_for(folder) / name
+    path = cache_dir_for(data_root(root)) / name  # per data root, in the user cache (see root.py)
     if path.is_file():
-        tok = Tokenizer.from_file(str(path))
+        try:
+            tok = Tokenizer.from_file(str(path))
+        except Exception as e:  # tokenizers raises a bare Exception for unreadable or invalid JSON
+            raise DataError(f"{path}: cached tokenizer is unreadable ({e}); "
+                            f"delete it and it is retrained at the next use") from e
     else:
+        # check the cache can be written BEFORE training: on the full data training takes minutes
+        cache = writable_cache_dir(data_root(root))
         stories = [s for p in files for s in read_stories(p)][:max_stories]
         tok = train_bpe(stories, vocab_size, lowercase)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tok.save(str(tmp))
-        os.replace(tmp, path)  # atomic: a concurrent reader never sees half a file
+        try:
+            tok.save(str(tmp))
+            os.replace(tmp, path)  # atomic: a concurrent reader never sees half a file
+        except Exception as e:  # tokenizers raises a bare Exception for I/O errors (a full disk, ...)
+            tmp.unlink(missing_ok=True)
+            raise cache_not_writable(cache, str(e)) from e
     if [tok.token_to_id(t) for t in SPECIAL_TOKENS] != list(range(len(SPECIAL_TOKENS))):
-        raise DataError(f"{path}: cached tokenizer lacks the special tokens {SPECIAL_TOKENS}; delete it")
+        raise DataError(f"{path}: cached tokenizer lacks the special tokens {SPECIAL_TOKENS}; "
+                        f"delete it and it is retrained at the next use")
     return tok
 
 
