@@ -53,3 +53,14 @@ def test_gpu_check_runs_on_the_cpu_and_reports_every_check(tmp_path, monkeypatch
         assert r["loss_rel_diff"] < 0.02 and 0 < r["targets_rel_err"] < 0.05  # bf16 differs, a little
         assert r["eager_ms"] > 0 and r["eager_samples_per_s"] > 0 and "compiled_ms" not in r
     assert "on CPU" in capsys.readouterr().out
+
+
+def test_masking_benchmark_times_reference_and_batched_samplers(capsys):
+    main = runpy.run_path(str(BENCHMARKS / "masking.py"))["main"]   # loaded, not run as a script
+    rows = main(["--rows", "32", "--repeats", "1"])
+    assert [r["case"] for r in rows] == ["image block (1.0)", "image inverse_block (2.0)", "audio span (1.0)",
+                                         "audio span (2.0)", "text random (1.0)", "text random (2.0)"]
+    for r in rows:
+        assert r["reference_ms"] > 0 and r["cpu_ms"] > 0 and r["cpu_speedup"] > 0
+    out = capsys.readouterr().out
+    assert "32 rows per call" in out and all(r["case"] in out for r in rows)

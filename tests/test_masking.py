@@ -150,6 +150,29 @@ def test_span_mask_needs_exactly_one_of_ratio_and_start_prob():
         span_mask(1, 50, start_prob=1.2)
 
 
+@pytest.mark.parametrize("length,span,ratio", [(40, 4, 0.95), (12, 5, 0.9), (30, 1, 0.5)])
+def test_span_mask_exact_where_rows_need_many_spans(length, span, ratio):
+    """Near-total coverage needs far more spans than usual (the edges are hard to hit): rows keep
+    drawing until they reach the count, and still only the last span is cut short."""
+    m = span_mask(64, length, ratio, span=span, generator=gen(3))
+    assert m.sum(dim=1).tolist() == [round(ratio * length)] * 64
+    for row in m:
+        assert len([r for r in runs(row) if r < span]) <= 1, runs(row)
+
+
+@pytest.mark.parametrize("grid,ratio,block", [((8, 8), 0.05, 3), ((5, 7), 0.2, 2), ((8, 8), 0.5, 1)])
+def test_inverse_block_mask_exact_where_rows_need_many_squares(grid, ratio, block):
+    n = grid[0] * grid[1]
+    m = inverse_block_mask(64, grid, ratio, block=block, generator=gen(3))
+    assert m.sum(dim=1).tolist() == [round(ratio * n)] * 64
+
+
+@pytest.mark.parametrize("grid,ratio,min_block", [((5, 7), 0.6, 4), ((14, 14), 0.4, 16), ((3, 3), 0.9, 1)])
+def test_block_mask_exact_on_other_grids(grid, ratio, min_block):
+    m = block_mask(64, grid, ratio, min_block, generator=gen(3))
+    assert m.sum(dim=1).tolist() == [round(ratio * grid[0] * grid[1])] * 64
+
+
 # --- sample_mask: dispatch and prefix ----------------------------------------------------------------
 
 @pytest.mark.parametrize("cfg", [MaskConfig("random", 0.15), MaskConfig("random", 0.48),
@@ -236,3 +259,51 @@ def test_span_longer_than_sequence_raises():
         span_mask(1, 8, 0.5, span=9)
     with pytest.raises(ValueError, match="span length"):
         sample_mask(MaskConfig("span", 0.5, span=10), 1, 8)
+
+
+# --- devices -----------------------------------------------------------------------------------------
+
+DEVICE_CASES = [MaskConfig("block", 0.6, min_block=4), MaskConfig("inverse_block", 0.8, block=3),
+                MaskConfig("span", 0.5, span=5), MaskConfig("random", 0.15)]
+
+
+def _sample(cfg, generator=None, device=None, batch=8):
+    grid = (8, 8) if "block" in cfg.kind else None
+    return sample_mask(cfg, batch, 65, grid=grid, prefix=1, generator=generator, device=device)
+
+
+@pytest.mark.parametrize("cfg", DEVICE_CASES, ids=lambda c: c.kind)
+def test_masks_live_on_the_generators_device_or_the_one_asked_for(cfg):
+    m = _sample(cfg, gen(0))
+    assert m.device.type == "cpu" and m.shape == (8, 65) and not m[:, 0].any()
+    assert torch.equal(m, _sample(cfg, gen(0), device="cpu"))          # "cpu" = the generator's device
+    torch.manual_seed(0)
+    assert _sample(cfg, device=torch.device("cpu")).device.type == "cpu"  # no generator: the global one
+
+
+@pytest.mark.parametrize("cfg", DEVICE_CASES, ids=lambda c: c.kind)
+def test_a_generator_on_another_device_is_refused_clearly(cfg):
+    with pytest.raises(ValueError, match="cpu generator cannot sample on cuda"):
+        _sample(cfg, gen(0), device="cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("cfg", DEVICE_CASES, ids=lambda c: c.kind)
+def test_cuda_generator_samples_exact_reproducible_masks_on_the_gpu(cfg):
+    def g(seed):
+        return torch.Generator("cuda").manual_seed(seed)
+
+    m = _sample(cfg, g(0), batch=512)
+    assert m.device.type == "cuda" and not m[:, 0].any()
+    assert m.sum(dim=1).tolist() == [round(cfg.ratio * 64)] * 512
+    assert torch.equal(m, _sample(cfg, g(0), batch=512))
+    assert not torch.equal(m, _sample(cfg, g(1), batch=512))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_bert_corrupt_on_gpu_ids_with_a_cpu_generator():
+    ids = torch.randint(10, 100, (4, 20), generator=gen(0))
+    mask = random_mask(4, 20, 0.5, gen(1))
+    out = bert_corrupt(ids.cuda(), mask.cuda(), 4, (5, 100), generator=gen(2))
+    assert out.device.type == "cuda"
+    assert torch.equal(out.cpu(), bert_corrupt(ids, mask, 4, (5, 100), generator=gen(2)))

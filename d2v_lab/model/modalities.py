@@ -80,8 +80,9 @@ class Adapter(nn.Module):
             tokens = torch.cat([self.cls.to(tokens.dtype).expand(len(tokens), -1, -1), tokens], dim=1)
         return tokens
 
-    def sample_mask(self, batch: int, generator=None) -> torch.Tensor:
-        return sample_mask(self.mask_cfg, batch, self.num_tokens, self.grid, self.prefix, generator)
+    def sample_mask(self, batch: int, generator=None, device=None) -> torch.Tensor:
+        """(batch, num_tokens) bool, on ``device`` (default: the generator's device, else the CPU)."""
+        return sample_mask(self.mask_cfg, batch, self.num_tokens, self.grid, self.prefix, generator, device)
 
     def padding_mask(self, x: torch.Tensor) -> torch.Tensor | None:
         """(B, T) True at padding tokens, or None when the modality never pads."""
