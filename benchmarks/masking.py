@@ -1,4 +1,4 @@
-"""Mask sampling time per call: the per-row host loops that d2v_lab used to run (tests/reference_masking.py)
+"""Mask sampling time per call: the per-row host loops that d2v_lab used to run (tests/model/reference_masking.py)
 against the batched samplers of d2v_lab.model.masking, at the masking of each paper (train/profiles.py
 ``paper_masking``) and our token counts, on the CPU and, where there is one, on the GPU.
 
@@ -22,7 +22,7 @@ import torch
 from d2v_lab.model.masking import sample_mask
 from d2v_lab.train.profiles import paper_masking
 
-REFERENCE = Path(__file__).resolve().parents[1] / "tests" / "reference_masking.py"
+REFERENCE = Path(__file__).resolve().parents[1] / "tests" / "model" / "reference_masking.py"
 
 # (case, modality, paper version, tokens, grid of the maskable tokens, never-masked prefix): the tokens
 # of our adapters (8x8 image patches, 50 audio frames, 64 text tokens with [CLS] first)
@@ -37,7 +37,7 @@ CASES = [
 
 
 def load_reference():
-    """tests/reference_masking.py as a module, by file path (tests/ is no package). It is registered in
+    """tests/model/reference_masking.py as a module, by file path (tests/ is no package). It is registered in
     sys.modules before it runs because its dataclass looks its own module up there."""
     spec = importlib.util.spec_from_file_location("reference_masking", REFERENCE)
     module = importlib.util.module_from_spec(spec)

@@ -42,7 +42,9 @@ def umap_views(feats: dict[str, ConceptFeatures], cfg: AlignConfig) -> Views:
     chosen = {m: np.sort(rng.choice(len(feats[m].concepts), min(per, len(feats[m].concepts)), replace=False))
               for m in names}
     last = {m: feats[m].layers[-1] for m in names}
-    raw = {m: to_common_dim(last[m][chosen[m]], cfg.common_dim) for m in names}
+    # one common width for every modality, at most what the smallest sample of points supports
+    dim = min(cfg.common_dim, *(min(len(chosen[m]), last[m].shape[1]) for m in names))
+    raw = {m: to_common_dim(last[m][chosen[m]], dim) for m in names}
     heads = train_joint_heads({m: (last[m], feats[m].concepts) for m in names}, dim=cfg.common_dim, seed=cfg.seed)
     joint = {m: heads[m](last[m][chosen[m]]) for m in names}
     modality = np.concatenate([[m] * len(chosen[m]) for m in names])

@@ -9,6 +9,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import pooch
+
 from .root import ENV_VAR, DataError, DatasetNotFound
 
 
@@ -48,8 +50,6 @@ DATASETS = tuple(REMOTES)
 
 def _retrieve(remote: Remote, root: Path) -> None:
     """Fetch one remote (skipped when a verified copy is already there) and unpack archives."""
-    import pooch  # imported lazily: only downloads need it
-
     downloads = root / ".downloads"
     fname = remote.url.rsplit("/", 1)[-1]
     processor = pooch.Untar(extract_dir=str((root / remote.unpack_to).resolve())) if remote.unpack_to else None

@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 
 from .audio import ClipSet
+from .concepts import DIGIT_WORDS
 from .download import ensure_dataset
 from .root import DataError, data_root, not_found
 
 FOLDER = "FSDD/recordings"
 NATIVE_RATE = 8000
-DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 FILE_PATTERN = re.compile(r"^(?P<digit>\d)_(?P<speaker>[A-Za-z0-9-]+)_(?P<take>\d+)\.wav$")
 
 

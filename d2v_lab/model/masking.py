@@ -9,7 +9,7 @@ as fairseq does; the structure stays apart from a few tokens.
 
 Every sampler is a batched tensor program that runs where its generator lives (or on ``device``): a
 CUDA generator samples on the GPU. The structured samplers draw from the same distributions as the
-obvious per-row loops (tests/reference_masking.py keeps those; tests/test_masking_reference.py compares
+obvious per-row loops (tests/model/reference_masking.py keeps those; tests/model/test_masking_reference.py compares
 their block, blob and span statistics), with a little host synchronisation: one check per call for
 spans and inverse blocks, one per placed block for BEiT blocks.
 

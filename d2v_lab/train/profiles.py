@@ -3,8 +3,7 @@ how the runs are probed and how the modalities are compared; ``preset(name)`` is
 
 - ``ci``:  a few seconds on a CPU; for tests and the notebooks in CI. Learns almost nothing.
 - ``cpu``: the best model a 2-core laptop CPU trains in <= 10 minutes per modality.
-- ``gpu``: larger, bf16 autocast, torch.compile; 35-75 minutes per modality on an H200 (20k steps at the
-          105-219 ms per step measured by benchmarks/gpu_check.py).
+- ``gpu``: 12 x 384, 20k steps, bf16 autocast and torch.compile (step times: docs/RESULTS.md).
 
 Paper settings (Baevski et al. 2022, 1.0 Sec. 4 / 2.0 Sec. 4) assume 100k-400k updates of a 12-layer
 model; these runs have a few thousand updates of a small one, so the EMA decay is scaled to the run

@@ -1,5 +1,5 @@
 """The batched samplers of d2v_lab.model.masking against the per-row loops they replace
-(tests/reference_masking.py): the same block, blob and span statistics over 4,096 rows, and the very
+(tests/model/reference_masking.py): the same block, blob and span statistics over 4,096 rows, and the very
 same masks where the sampling itself did not change (random masks, BERT's corruption). (BEiT's 14x14
 grid uses 2,048 rows: the reference loop needs seconds there.)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from builders import write_cifar
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 def run_script(name: str, args: list[str], monkeypatch) -> None:
