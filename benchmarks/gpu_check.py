@@ -26,9 +26,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from d2v_lab.train.checkpoint import build_model
 from d2v_lab.train.config import MODALITIES
+from d2v_lab.train.device import autocast_for, pick_device
 from d2v_lab.train.inputs import synthetic_batch
-from d2v_lab.train.loop import make_optimizer, pick_device
-from d2v_lab.train.perf import autocast_for
+from d2v_lab.train.loop import make_optimizer
 from d2v_lab.train.profiles import get_profile
 
 

@@ -17,9 +17,9 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from d2v_lab.train import perf
 from d2v_lab.train.checkpoint import build_model
 from d2v_lab.train.config import MODALITIES
+from d2v_lab.train.device import tune_malloc
 from d2v_lab.train.inputs import synthetic_batch
 from d2v_lab.train.profiles import get_profile
 
@@ -66,7 +66,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--precision", choices=("fp32", "bf16", "both"), default="both")
     args = parser.parse_args()
-    perf.tune_malloc()
+    tune_malloc()
     peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
     print(f"threads: {torch.get_num_threads()}  matmul peak: fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, "
           f"bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s (2048^2, best of 5)")

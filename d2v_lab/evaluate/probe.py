@@ -28,7 +28,7 @@ def layer_features(backbone, x: torch.Tensor, batch_size: int = 256, device="cpu
     (adapter output), layer l the output of block l. "mean" averages the non-padding content tokens
     (not [CLS]), or only the tokens where ``select`` (N, T) is True (e.g. one word's tokens); "cls"
     (models with a [CLS] token) is that token. ``precision``: "auto" runs the encoder in bf16 where that is native."""
-    from d2v_lab.train.perf import autocast_for
+    from d2v_lab.train.device import autocast_for
     backbone.eval().to(device)
     autocast = autocast_for(precision, torch.device(device).type)
     means, cls = [], []
@@ -184,7 +184,7 @@ def run_probe(run_dir, root=None, probe_cfg=None, supervised: bool = True, progr
     from d2v_lab.data.root import data_root
     from d2v_lab.lab.plots import plot_probe
     from d2v_lab.train.checkpoint import build_model, load_run
-    from d2v_lab.train.loop import usable_device
+    from d2v_lab.train.device import usable_device
     from d2v_lab.train.profiles import PROBES
 
     from .supervised import train_supervised

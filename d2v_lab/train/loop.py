@@ -28,7 +28,6 @@ from tqdm.auto import tqdm
 from d2v_lab.model.data2vec import Data2Vec, Data2VecOutput
 from d2v_lab.model.ema import tau_at
 
-from . import perf
 from .checkpoint import (
     CHECKPOINT,
     TOKENIZER,
@@ -38,6 +37,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .config import RunConfig
+from .device import autocast_for, pick_device, tune_malloc
 from .inputs import PretrainData, pretraining_data
 
 METRICS = "metrics.jsonl"
@@ -53,40 +53,6 @@ class TrainResult:
     step: int
     model: Data2Vec
     metrics: list[dict]
-
-
-def device_available(name: str) -> bool:
-    """Whether this machine has the device ``name`` ("auto" always resolves to one)."""
-    if name == "auto":
-        return True
-    device = torch.device(name)
-    if device.type == "cuda":
-        return torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()
-    if device.type == "mps":
-        return torch.backends.mps.is_available()
-    return True
-
-
-def pick_device(name: str) -> torch.device:
-    """The device for ``name``: "auto" means CUDA, else Apple's MPS, else the CPU. A named device this
-    machine lacks is refused with a clear message (torch's own is an AssertionError deep inside .to())."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if not device_available(name):
-        built = "" if torch.backends.cuda.is_built() else f" (this torch, {torch.__version__}, is built without CUDA)"
-        raise ValueError(f"train.device={name!r}, but this machine has no such device{built}; "
-                         f"use --set train.device=auto (the best one here) or cpu")
-    return torch.device(name)
-
-
-def usable_device(name: str) -> torch.device:
-    """The device ``name`` if this machine has it, else the best one it has: a checkpoint trained on a
-    GPU can still be probed on a laptop."""
-    return pick_device(name if device_available(name) else "auto")
 
 
 def lr_at(step: int, cfg) -> float:
@@ -168,7 +134,7 @@ def pretrain(cfg: RunConfig, out_dir: str | Path, resume: bool = False, data: Pr
     ``stop_after``: stop (with a checkpoint) after this many total steps, as if interrupted.
     ``callback(step, model, output)``: called after every update (e.g. to watch the teacher move).
     """
-    perf.tune_malloc()
+    tune_malloc()
     t = cfg.train
     device = pick_device(t.device)   # refuses a missing device before anything is written
     out = Path(out_dir)
@@ -222,7 +188,7 @@ def pretrain(cfg: RunConfig, out_dir: str | Path, resume: bool = False, data: Pr
 def _train_steps(model, optimizer, cfg, data, device, start, end, history, ckpt_path, metrics_path, progress,
                  callback):
     t = cfg.train
-    autocast = perf.autocast_for(t.precision, device.type)
+    autocast = autocast_for(t.precision, device.type)
     params = [p for group in optimizer.param_groups for p in group["params"]]
     bar = tqdm(range(start, end), initial=start, total=t.steps, desc=f"pretrain {cfg.modality}",
                disable=not progress, dynamic_ncols=True)
