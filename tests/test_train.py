@@ -282,6 +282,32 @@ def test_non_finite_gradient_is_never_saved(fake_root, tmp_path, monkeypatch):
     assert not bad, f"checkpoint of step {state['step']} holds non-finite weights: {bad[:3]}"
 
 
+@pytest.mark.parametrize("where", ["forward", "update_teacher"])
+def test_ctrl_c_keeps_the_last_whole_step_and_never_a_half_update(fake_root, tmp_path, monkeypatch, where):
+    """Ctrl-C during step 3's forward leaves the model as step 2 left it: that is saved. Ctrl-C after
+    step 3's optimizer step, before its teacher update ended, leaves student and teacher out of step:
+    nothing is saved (no checkpoint had been written yet)."""
+    from d2v_lab.model.data2vec import Data2Vec
+    cfg = tiny("image", "train.eval_every=0")
+    data = pretraining_data(cfg, progress=False)
+    original = getattr(Data2Vec, where)
+
+    def interrupt_at_step_3(self, *a, **k):
+        interrupt_at_step_3.calls += 1
+        if interrupt_at_step_3.calls == 3:
+            raise KeyboardInterrupt
+        return original(self, *a, **k)
+    interrupt_at_step_3.calls = 0
+    monkeypatch.setattr(Data2Vec, where, interrupt_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(cfg, tmp_path, data=data, progress=False)
+    if where == "forward":
+        assert read_checkpoint(tmp_path / CHECKPOINT)["step"] == 2
+    else:
+        assert not (tmp_path / CHECKPOINT).exists()
+    assert [r["step"] for r in rows(tmp_path / METRICS)] == [1, 2]
+
+
 def test_collapse_guard_stops(fake_root, tmp_path):
     cfg = tiny("text", "train.min_target_std=100", "train.eval_every=0")
     data = pretraining_data(cfg, progress=False)
