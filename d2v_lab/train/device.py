@@ -1,5 +1,6 @@
-"""Where and in what precision the model runs: device choice, bf16 autocast, and a measured speed-up
-for CPU training. Training, probes and the benchmarks all ask here.
+"""Where and in what precision the model runs: device choice, bf16 autocast, the device's matmul peak
+(what MFU is measured against), and a measured speed-up for CPU training. Training, probes and the
+benchmarks all ask here.
 
 Devices: "auto" means CUDA, else Apple's MPS, else the CPU; a named device this machine lacks is refused
 with a clear message, except where a run only needs *a* device (probing a GPU-trained checkpoint on a
@@ -17,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import sys
+import time
 
 import torch
 
@@ -54,6 +56,31 @@ def usable_device(name: str) -> torch.device:
     """The device ``name`` if this machine has it, else the best one it has: a checkpoint trained on a
     GPU can still be probed on a laptop."""
     return pick_device(name if device_available(name) else "auto")
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait until the work queued on ``device`` is done: CUDA kernels run asynchronously, so a clock
+    read without this measures only the launches. The CPU computes as it goes."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32, n: int | None = None,
+                repeats: int = 5) -> float:
+    """FLOP/s of the fastest of ``repeats`` n x n matmuls (2 n^3 FLOPs each) in ``dtype`` on ``device``:
+    what this device's BLAS does at best, measured in the run that reports MFU against it. n defaults
+    to 2048 on a CPU and 8192 on a GPU, large enough to keep either busy."""
+    n = n or (8192 if device.type == "cuda" else 2048)
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    best = float("inf")
+    for i in range(repeats + 1):              # the first one warms up (BLAS kernel choice, page faults)
+        synchronize(device)
+        tic = time.perf_counter()
+        a @ b
+        synchronize(device)
+        if i:
+            best = min(best, time.perf_counter() - tic)
+    return 2 * n**3 / best
 
 
 # --- precision -----------------------------------------------------------------------------------------

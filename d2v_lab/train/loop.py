@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +39,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .config import RunConfig
-from .device import autocast_for, pick_device, tune_malloc
+from .device import autocast_for, pick_device, synchronize, tune_malloc
 from .inputs import PretrainData, pretraining_data
 
 METRICS = "metrics.jsonl"
@@ -160,6 +161,26 @@ def train_step(model: Data2Vec, optimizer: torch.optim.Optimizer, x: torch.Tenso
     except KeyboardInterrupt as e:
         raise InterruptedUpdate("interrupted while the student and teacher were being updated") from e
     return StepOutput(result, grad_norm, mask_s, prep_s)
+
+
+def time_train_steps(step: Callable[[], StepOutput], n: int, device: torch.device) -> dict:
+    """Time ``n`` calls of ``step`` (a train_step with its arguments bound) after one untimed warm-up
+    call: median seconds of the whole step, of its mask sampling and of its input preparation, and the
+    share of the step spent outside the model (total prep / total step, in [0, 1]). The device is
+    synchronized around every step, so each time is the whole step and no queued work of the previous
+    step lands in the next one's preparation."""
+    step()
+    whole, mask, prep = [], [], []
+    for _ in range(n):
+        synchronize(device)
+        tic = time.perf_counter()
+        out = step()
+        synchronize(device)
+        whole.append(time.perf_counter() - tic)
+        mask.append(out.mask_s)
+        prep.append(out.prep_s)
+    return {"step_s": statistics.median(whole), "mask_s": statistics.median(mask),
+            "prep_s": statistics.median(prep), "outside_share": sum(prep) / sum(whole)}
 
 
 @torch.no_grad()
