@@ -8,9 +8,15 @@ Per modality it prints
                 (relative differences: bf16 keeps ~3 significant digits, so ~1e-2 is expected);
   flash         whether one training step runs with SDPA restricted to the flash kernel (if our shapes
                 or dtypes did not allow it, SDPA would silently fall back to a slower kernel);
-  eager / compiled  median step time and samples/s (the compile time of the first steps apart;
+  eager / compiled  median step time, samples/s and MFU (the compile time of the first steps apart;
                 each modality compiles afresh, as it would in its own pretraining process);
+  mask / prep / outside  host time per step sampling the B*M masks, preparing the inputs
+                outside the model (augmentation, copies to the device, mask sampling), and the share of
+                the whole step that preparation takes: work the GPU waits for;
   ema           the time of one teacher (EMA) update, part of every step.
+The step is d2v_lab.train.loop.train_step, the one pretraining takes. MFU = FLOPs of one step (counted by
+torch.utils.flop_counter: forward, backward, teacher pass) / median step time / the matmul peak of this
+device at the run's precision, measured at the start of the run (bf16 on a recent GPU).
 It runs on a CPU too (``--device cpu``), which is how the tests keep it working; its numbers mean
 something on the GPU it is meant for.
 """
@@ -23,18 +29,14 @@ import time
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
 
 from d2v_lab.train.checkpoint import build_model
 from d2v_lab.train.config import MODALITIES
+from d2v_lab.train.device import autocast_for, matmul_peak, pick_device, resolve_precision, synchronize
 from d2v_lab.train.inputs import synthetic_batch
-from d2v_lab.train.loop import make_optimizer, pick_device
-from d2v_lab.train.perf import autocast_for
+from d2v_lab.train.loop import TrainingStopped, make_optimizer, time_train_steps, train_step
 from d2v_lab.train.profiles import get_profile
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 @torch.no_grad()
@@ -54,29 +56,19 @@ def bf16_vs_fp32(model, x, device) -> dict:
             "targets_rel_err": float((t16 - t32).norm() / t32.norm())}
 
 
-def make_step(model, optimizer, x, precision: str, device):
-    """One training step as ``train.py`` takes it (forward, backward, clip, AdamW, EMA update)."""
+def make_step(model, optimizer, x, cfg, precision: str, device):
+    """The training step pretraining takes (train_step), with this batch and fixed settings bound."""
     autocast = autocast_for(precision, device.type)
-    params = [p for group in optimizer.param_groups for p in group["params"]]
     g = torch.Generator().manual_seed(1)
-
-    def step() -> torch.Tensor:  # the step's loss
-        with autocast():
-            out = model(x, g)
-        optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        model.update_teacher(0.999)
-        return out.loss
-    return step
+    return lambda: train_step(model, optimizer, x, g, lr=cfg.train.lr, tau=cfg.d2v.tau0,
+                              clip_grad=cfg.train.clip_grad, autocast=autocast)
 
 
 def timed(fn, device) -> float:
-    _sync(device)
+    synchronize(device)
     tic = time.perf_counter()
     fn()
-    _sync(device)
+    synchronize(device)
     return time.perf_counter() - tic
 
 
@@ -91,29 +83,40 @@ def flash_step(step, device) -> str:
 
 
 def check_modality(modality: str, profile: str, device: torch.device, steps: int, compile: bool,
-                   precision: str) -> dict:
+                   precision: str, peak: float) -> dict:
     cfg = get_profile(modality, profile)
     torch.manual_seed(0)
     model = build_model(cfg).to(device).train()
-    x = synthetic_batch(cfg, cfg.train.batch_size).to(device)
-    row = {"modality": modality, "profile": profile, "batch": cfg.train.batch_size, "num_masks": cfg.d2v.num_masks,
+    x = synthetic_batch(cfg, cfg.train.batch_size)     # on the CPU, as the data is: the step copies it over
+    B = cfg.train.batch_size
+    row = {"modality": modality, "profile": profile, "batch": B, "num_masks": cfg.d2v.num_masks,
            "params_M": sum(p.numel() for p in model.student.parameters()) / 1e6}
-    row.update(bf16_vs_fp32(model, x, device))
+    row.update(bf16_vs_fp32(model, x.to(device), device))
     optimizer = make_optimizer(model, cfg.train)
-    step = make_step(model, optimizer, x, precision, device)
+    step = make_step(model, optimizer, x, cfg, precision, device)
     row["flash"] = flash_step(step, device)
-    eager = [timed(step, device) for _ in range(steps + 1)][1:]   # the first step warms the kernels up
+    with FlopCounterMode(display=False) as counter:
+        step()
+    flops = counter.get_total_flops()
+    eager = time_train_steps(step, steps, device)      # its first (untimed) step warms the kernels up
     ema = [timed(lambda: model.update_teacher(0.999), device) for _ in range(steps)]
-    row.update(eager_ms=1e3 * statistics.median(eager), ema_ms=1e3 * statistics.median(ema))
-    row["eager_samples_per_s"] = cfg.train.batch_size / (row["eager_ms"] / 1e3)
+    row.update(GFLOP_per_step=flops / 1e9, eager_ms=1e3 * eager["step_s"], ema_ms=1e3 * statistics.median(ema),
+               mask_ms=1e3 * eager["mask_s"], prep_ms=1e3 * eager["prep_s"], outside_share=eager["outside_share"])
+    row["eager_samples_per_s"] = B / eager["step_s"]
+    row["eager_mfu"] = flops / eager["step_s"] / peak
     if compile:
         model.student.encoder.compile()   # exactly what pretrain() compiles
         model.teacher.encoder.compile()
         first = [timed(step, device) for _ in range(3)]             # compiles (train and teacher graphs)
-        compiled = [timed(step, device) for _ in range(steps)]
-        row.update(compile_s=sum(first), compiled_ms=1e3 * statistics.median(compiled))
-        row["compiled_samples_per_s"] = cfg.train.batch_size / (row["compiled_ms"] / 1e3)
-    row["loss_finite"] = bool(torch.isfinite(step().detach()))
+        compiled = time_train_steps(step, steps, device)
+        row.update(compile_s=sum(first), compiled_ms=1e3 * compiled["step_s"],
+                   compiled_outside_share=compiled["outside_share"])
+        row["compiled_samples_per_s"] = B / compiled["step_s"]
+        row["compiled_mfu"] = flops / compiled["step_s"] / peak
+    try:
+        row["loss_finite"] = bool(torch.isfinite(step().result.loss.detach()))
+    except TrainingStopped:   # the step refuses a non-finite loss or gradient
+        row["loss_finite"] = False
     if device.type == "cuda":
         row["max_memory_GiB"] = torch.cuda.max_memory_allocated(device) / 2**30
         torch.cuda.reset_peak_memory_stats(device)
@@ -132,16 +135,21 @@ def main() -> None:
     args = parser.parse_args()
     device = pick_device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    print(f"torch {torch.__version__} on {name}; precision {args.precision}")
+    # MFU is against the peak of the precision the steps run in ("auto": bf16 on a recent GPU)
+    peak_precision = resolve_precision(args.precision, device.type)
+    peak = matmul_peak(device, torch.bfloat16 if peak_precision == "bf16" else torch.float32)
+    print(f"torch {torch.__version__} on {name}; precision {args.precision}; "
+          f"matmul peak {peak / 1e12:.2f} TFLOP/s ({peak_precision}, best of 5)")
     rows = []
     for modality in args.modalities:
         torch._dynamo.reset()  # each modality compiles from scratch, as in its own pretraining process
-        row = check_modality(modality, args.profile, device, args.steps, args.compile, args.precision)
+        row = check_modality(modality, args.profile, device, args.steps, args.compile, args.precision, peak)
         rows.append(row)
         print(json.dumps({k: round(v, 5) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"device": name, "torch": torch.__version__, "rows": rows}, f, indent=2)
+            json.dump({"device": name, "torch": torch.__version__, "peak_precision": peak_precision,
+                       "peak_flop_per_s": peak, "rows": rows}, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from d2v_lab.train.perf import autocast_for
+from d2v_lab.train.device import autocast_for
 
 
 @torch.no_grad()

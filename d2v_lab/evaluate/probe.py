@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from d2v_lab.data.root import data_root
 from d2v_lab.train.checkpoint import build_model, load_run
 from d2v_lab.train.config import ProbeConfig
-from d2v_lab.train.loop import usable_device
+from d2v_lab.train.device import usable_device
 from d2v_lab.train.profiles import preset
 from d2v_lab.train.runs import CHECKPOINT, PROBE_JSON, is_fresh, read_run_config
 

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from d2v_lab.train.checkpoint import build_model
 from d2v_lab.train.config import RunConfig
-from d2v_lab.train.perf import autocast_for
+from d2v_lab.train.device import autocast_for
 
 from .tasks import ProbeData
 

@@ -4,18 +4,20 @@ AdamW with linear warm-up and cosine decay, gradient clipping, an EMA teacher up
 step, a progress bar, one JSON line of metrics per logged step (``metrics.jsonl``), atomic checkpoints,
 and exact resumption: every step draws its randomness (batch order, masks, augmentation, noise) from
 a generator seeded by (seed, step), so a run interrupted at step s and resumed from its checkpoint
-computes the same updates as one that never stopped.
+computes the same updates as one that never stopped. The update itself is ``train_step``, the one step
+that pretraining takes and the benchmarks (benchmarks/throughput.py, gpu_check.py) time.
 
-Guards: a NaN/inf loss stops the run (nothing is saved from the broken step); so does representation
-collapse, detected as the std of the targets across positions falling below ``min_target_std``
-(fairseq's ``min_target_var``): if every position gets the same target, the student can minimise the
-loss by predicting a constant and learns nothing.
+Guards: a NaN/inf loss or gradient norm stops the run (nothing is saved from the broken step); so
+does representation collapse, detected as the std of the targets across positions falling below
+``min_target_std`` (fairseq's ``min_target_var``): if every position gets the same target, the student
+can minimise the loss by predicting a constant and learns nothing.
 """
 from __future__ import annotations
 
 import contextlib
 import json
 import math
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,23 +30,20 @@ from tqdm.auto import tqdm
 from d2v_lab.model.data2vec import Data2Vec, Data2VecOutput
 from d2v_lab.model.ema import tau_at
 
-from . import perf
-from .checkpoint import (
-    CHECKPOINT,
-    TOKENIZER,
-    build_model,
-    check_compatible,
-    read_checkpoint,
-    save_checkpoint,
-)
+from .checkpoint import build_model, check_compatible, read_checkpoint, save_checkpoint
 from .config import RunConfig
+from .device import autocast_for, pick_device, synchronize, tune_malloc
 from .inputs import PretrainData, pretraining_data
-
-METRICS = "metrics.jsonl"
+from .runs import CHECKPOINT, CONFIG, METRICS, TOKENIZER, read_metrics
 
 
 class TrainingStopped(RuntimeError):
     """Training stopped on purpose: the loss diverged or the representation collapsed."""
+
+
+class InterruptedUpdate(KeyboardInterrupt):
+    """Ctrl-C arrived after the optimizer step began and before the teacher update ended: the student
+    and the teacher may be out of step, so this state must not be saved."""
 
 
 @dataclass
@@ -53,40 +52,6 @@ class TrainResult:
     step: int
     model: Data2Vec
     metrics: list[dict]
-
-
-def device_available(name: str) -> bool:
-    """Whether this machine has the device ``name`` ("auto" always resolves to one)."""
-    if name == "auto":
-        return True
-    device = torch.device(name)
-    if device.type == "cuda":
-        return torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()
-    if device.type == "mps":
-        return torch.backends.mps.is_available()
-    return True
-
-
-def pick_device(name: str) -> torch.device:
-    """The device for ``name``: "auto" means CUDA, else Apple's MPS, else the CPU. A named device this
-    machine lacks is refused with a clear message (torch's own is an AssertionError deep inside .to())."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if not device_available(name):
-        built = "" if torch.backends.cuda.is_built() else f" (this torch, {torch.__version__}, is built without CUDA)"
-        raise ValueError(f"train.device={name!r}, but this machine has no such device{built}; "
-                         f"use --set train.device=auto (the best one here) or cpu")
-    return torch.device(name)
-
-
-def usable_device(name: str) -> torch.device:
-    """The device ``name`` if this machine has it, else the best one it has: a checkpoint trained on a
-    GPU can still be probed on a laptop."""
-    return pick_device(name if device_available(name) else "auto")
 
 
 def lr_at(step: int, cfg) -> float:
@@ -130,6 +95,86 @@ def make_optimizer(model: Data2Vec, cfg) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
 
 
+@dataclass
+class StepOutput:
+    result: Data2VecOutput      # the loss, predictions, targets and the (B*M, T) masks of the step
+    grad_norm: torch.Tensor     # () total gradient norm before clipping
+    mask_s: float               # host seconds spent sampling the B*M masks
+    prep_s: float               # host seconds preparing the model's inputs outside it: augmentation,
+                                # copies to the device, mask sampling (mask_s is part of it). On a GPU,
+                                # synchronize before the step to keep earlier queued work out of it.
+
+
+def train_step(model: Data2Vec, optimizer: torch.optim.Optimizer, x: torch.Tensor, generator: torch.Generator,
+               *, lr: float, tau: float, clip_grad: float, autocast=contextlib.nullcontext) -> StepOutput:
+    """One data2vec update on the raw batch ``x`` (B samples as the data holds them, on the CPU): the
+    step that pretraining takes and the benchmarks time.
+
+    Augment x and sample the masks of its M copies (Sec. 3 of data2vec 2.0, "Multi-mask training"),
+    both from ``generator``; forward under ``autocast``; backward; clip the gradient norm to
+    ``clip_grad``; AdamW at learning rate ``lr``; then the EMA teacher update with decay ``tau``
+    (Sec. 3 of both papers). Dropout, drop-path and the decoder's noise draw from torch's global RNG:
+    seed it before the step to repeat the step exactly.
+
+    Raises TrainingStopped, before anything is updated, when the loss or the gradient norm is not
+    finite, and InterruptedUpdate (a KeyboardInterrupt) when interrupted in the one window where the
+    model is half updated (after the optimizer step began, before the teacher update ended).
+    """
+    device = next(model.parameters()).device
+    adapter = model.student.adapter
+    tic = time.perf_counter()
+    x = adapter.augment(x, generator).to(device, non_blocking=True)
+    # The masks of the B*M masked copies, drawn here (the same draws Data2Vec.forward would make) so
+    # that their cost is measured: mask sampling runs on the CPU, outside the model.
+    mask_tic = time.perf_counter()
+    mask = adapter.sample_mask(len(x) * model.cfg.num_masks, generator)
+    mask_s = time.perf_counter() - mask_tic
+    mask = mask.to(device, non_blocking=True)
+    prep_s = time.perf_counter() - tic
+
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    with autocast():
+        result = model(x, generator, mask=mask)
+    loss = result.loss
+    if not torch.isfinite(loss):
+        raise TrainingStopped(f"loss is {loss.item()}; stopping before the update. "
+                              f"Try a lower train.lr or fp32 precision.")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, clip_grad)
+    if not torch.isfinite(grad_norm):   # e.g. a bf16 overflow in backward: the update would be NaN
+        raise TrainingStopped(f"gradient norm is {grad_norm.item()}; stopping before the update. "
+                              f"Try a lower train.lr or fp32 precision.")
+    try:   # student and teacher change together
+        optimizer.step()
+        model.update_teacher(tau)
+    except KeyboardInterrupt as e:
+        raise InterruptedUpdate("interrupted while the student and teacher were being updated") from e
+    return StepOutput(result, grad_norm, mask_s, prep_s)
+
+
+def time_train_steps(step: Callable[[], StepOutput], n: int, device: torch.device) -> dict:
+    """Time ``n`` calls of ``step`` (a train_step with its arguments bound) after one untimed warm-up
+    call: median seconds of the whole step, of its mask sampling and of its input preparation, and the
+    share of the step spent outside the model (total prep / total step, in [0, 1]). The device is
+    synchronized around every step, so each time is the whole step and no queued work of the previous
+    step lands in the next one's preparation."""
+    step()
+    whole, mask, prep = [], [], []
+    for _ in range(n):
+        synchronize(device)
+        tic = time.perf_counter()
+        out = step()
+        synchronize(device)
+        whole.append(time.perf_counter() - tic)
+        mask.append(out.mask_s)
+        prep.append(out.prep_s)
+    return {"step_s": statistics.median(whole), "mask_s": statistics.median(mask),
+            "prep_s": statistics.median(prep), "outside_share": sum(prep) / sum(whole)}
+
+
 @torch.no_grad()
 def heldout_loss(model: Data2Vec, x: torch.Tensor, seed: int = 1234, teacher=None,
                  batch_size: int = 256, autocast=contextlib.nullcontext) -> float:
@@ -151,14 +196,6 @@ def heldout_loss(model: Data2Vec, x: torch.Tensor, seed: int = 1234, teacher=Non
     return total / n
 
 
-def _read_metrics(path: Path, up_to_step: int) -> list[dict]:
-    """Metrics lines of the steps a checkpoint covers; later lines are from steps that will rerun."""
-    if not path.is_file():
-        return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in rows if r["step"] <= up_to_step]
-
-
 def pretrain(cfg: RunConfig, out_dir: str | Path, resume: bool = False, data: PretrainData | None = None,
              stop_after: int | None = None, progress: bool = True, root=None,
              callback: Callable[[int, Data2Vec, Data2VecOutput], None] | None = None) -> TrainResult:
@@ -168,7 +205,7 @@ def pretrain(cfg: RunConfig, out_dir: str | Path, resume: bool = False, data: Pr
     ``stop_after``: stop (with a checkpoint) after this many total steps, as if interrupted.
     ``callback(step, model, output)``: called after every update (e.g. to watch the teacher move).
     """
-    perf.tune_malloc()
+    tune_malloc()
     t = cfg.train
     device = pick_device(t.device)   # refuses a missing device before anything is written
     out = Path(out_dir)
@@ -186,7 +223,7 @@ def pretrain(cfg: RunConfig, out_dir: str | Path, resume: bool = False, data: Pr
     data = data or pretraining_data(cfg, root, progress)
     if data.tokenizer is not None:
         data.tokenizer.save(str(out / TOKENIZER))
-    (out / "config.json").write_text(json.dumps({**cfg.to_dict(), "sources": data.sources}, indent=2))
+    (out / CONFIG).write_text(json.dumps({**cfg.to_dict(), "sources": data.sources}, indent=2))
 
     torch.manual_seed(derived_seed(t.seed, 0))  # the initial weights belong to the config too
     model = build_model(cfg)
@@ -202,7 +239,8 @@ def pretrain(cfg: RunConfig, out_dir: str | Path, resume: bool = False, data: Pr
         model.student.encoder.compile()
         model.teacher.encoder.compile()
 
-    history = _read_metrics(metrics_path, start)
+    # the lines of the steps the checkpoint covers; later lines are from steps that will rerun
+    history = [r for r in read_metrics(out) if r["step"] <= start] if metrics_path.is_file() else []
     metrics_path.write_text("".join(json.dumps(r) + "\n" for r in history))
     end = min(t.steps, stop_after) if stop_after is not None else t.steps
     if start >= end:
@@ -222,44 +260,28 @@ def pretrain(cfg: RunConfig, out_dir: str | Path, resume: bool = False, data: Pr
 def _train_steps(model, optimizer, cfg, data, device, start, end, history, ckpt_path, metrics_path, progress,
                  callback):
     t = cfg.train
-    autocast = perf.autocast_for(t.precision, device.type)
-    params = [p for group in optimizer.param_groups for p in group["params"]]
+    autocast = autocast_for(t.precision, device.type)
     bar = tqdm(range(start, end), initial=start, total=t.steps, desc=f"pretrain {cfg.modality}",
                disable=not progress, dynamic_ncols=True)
-    completed, updating, tic, seen = start, False, time.perf_counter(), 0
+    completed, tic, seen = start, time.perf_counter(), 0
     try:
         for step in bar:
             done = step + 1
             lr, tau = lr_at(step, t), tau_at(step, cfg.d2v.tau0, cfg.d2v.tau_end, cfg.d2v.tau_ramp_steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
             g = step_generator(t.seed, step)
             torch.manual_seed(derived_seed(t.seed, step, 3))   # dropout, drop-path, decoder noise
             x = data.train[batch_indices(step, len(data.train), t.batch_size, t.seed)]
-            x = model.student.adapter.augment(x, g).to(device, non_blocking=True)
-            with autocast():
-                result = model(x, g)
-            loss = result.loss
-            if not torch.isfinite(loss):
-                raise TrainingStopped(f"step {done}: loss is {loss.item()}; stopping (the last checkpoint "
-                                      f"is still good). Try a lower train.lr or fp32 precision.")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, t.clip_grad)
-            if not torch.isfinite(grad_norm):
-                raise TrainingStopped(f"step {done}: gradient norm is {grad_norm.item()}; stopping before "
-                                      f"the update (the last checkpoint is still good). Try a lower train.lr "
-                                      f"or fp32 precision.")
-            updating = True   # student and teacher change together; an interrupt in between is not saved
-            optimizer.step()
-            model.update_teacher(tau)
-            updating, completed = False, done
+            try:
+                out = train_step(model, optimizer, x, g, lr=lr, tau=tau, clip_grad=t.clip_grad, autocast=autocast)
+            except TrainingStopped as e:   # raised before the update: nothing of this step is kept
+                raise TrainingStopped(f"step {done}: {e} The last checkpoint is still good.") from None
+            completed, result = done, out.result
             seen += len(x)
             target_std = result.target_std
             if done % t.log_every == 0 or done == t.steps:
                 now = time.perf_counter()
-                row = {"step": done, "loss": loss.item(), "target_std": target_std,
-                       "pred_std": result.pred_std, "tau": tau, "lr": lr, "grad_norm": grad_norm.item(),
+                row = {"step": done, "loss": result.loss.item(), "target_std": target_std,
+                       "pred_std": result.pred_std, "tau": tau, "lr": lr, "grad_norm": out.grad_norm.item(),
                        "samples_per_s": seen / (now - tic), "epoch": done * t.batch_size / len(data.train)}
                 if t.eval_every and (done % t.eval_every == 0 or done == t.steps):
                     row["heldout_loss"] = heldout_loss(model, data.heldout, autocast=autocast)
@@ -278,9 +300,9 @@ def _train_steps(model, optimizer, cfg, data, device, start, end, history, ckpt_
                     f"EMA decay (d2v.tau0/tau_end), a lower train.lr or a larger mask ratio.")
             if done % t.checkpoint_every == 0 or done == end:
                 save_checkpoint(ckpt_path, cfg, done, model, optimizer)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         bar.close()
-        if not updating:  # the model is exactly the state after `completed` steps: keep it
+        if not isinstance(e, InterruptedUpdate):  # the model is exactly the state after `completed` steps: keep it
             save_checkpoint(ckpt_path, cfg, completed, model, optimizer)
         raise
     bar.close()

@@ -3,6 +3,7 @@ here: they work, write what they say, and reuse finished runs)."""
 from __future__ import annotations
 
 import json
+import math
 import runpy
 import sys
 from pathlib import Path
@@ -48,10 +49,15 @@ def test_gpu_check_runs_on_the_cpu_and_reports_every_check(tmp_path, monkeypatch
                                 "--modalities", "image", "audio", "--json", str(out)], monkeypatch)
     report = json.loads(out.read_text())
     assert [r["modality"] for r in report["rows"]] == ["image", "audio"]
+    assert report["peak_precision"] in ("fp32", "bf16") and report["peak_flop_per_s"] > 0
     for r in report["rows"]:
         assert r["flash"] == "ok" and r["loss_finite"]   # the CPU has a flash-attention kernel too
         assert r["loss_rel_diff"] < 0.02 and 0 < r["targets_rel_err"] < 0.05  # bf16 differs, a little
         assert r["eager_ms"] > 0 and r["eager_samples_per_s"] > 0 and "compiled_ms" not in r
+        for key in ("GFLOP_per_step", "mask_ms", "prep_ms", "outside_share", "eager_mfu"):   # issue 16
+            assert math.isfinite(r[key]), key
+        assert 0 < r["mask_ms"] <= r["prep_ms"] < r["eager_ms"]    # mask sampling is part of the preparation
+        assert 0 <= r["outside_share"] <= 1 and r["GFLOP_per_step"] > 0 and r["eager_mfu"] > 0
     assert "on CPU" in capsys.readouterr().out
 
 
@@ -64,3 +70,19 @@ def test_masking_benchmark_times_reference_and_batched_samplers(capsys):
         assert r["reference_ms"] > 0 and r["cpu_ms"] > 0 and r["cpu_speedup"] > 0
     out = capsys.readouterr().out
     assert "32 rows per call" in out and all(r["case"] in out for r in rows)
+
+
+def test_throughput_times_the_training_step_on_the_cpu(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "throughput.json"
+    run_script("throughput.py", ["--profile", "ci", "--steps", "1", "--precision", "fp32", "--modalities", "text",
+                                 "--json", str(out)], monkeypatch)
+    report = json.loads(out.read_text())
+    assert report["peak_flop_per_s"]["fp32"] > 0
+    assert [(r["version"], r["num_masks"]) for r in report["rows"]] == [(1, 1), (2, 1), (2, 2)]   # ci's M = 2
+    for r in report["rows"]:
+        for key in ("step_s", "mask_s", "prep_s", "outside_share", "samples_per_s", "mfu"):      # issue 16
+            assert math.isfinite(r[key]), key
+        assert 0 < r["mask_s"] <= r["prep_s"] < r["step_s"] and 0 <= r["outside_share"] <= 1
+        assert r["samples_per_s"] > 0 and r["flops_per_step"] > 0 and r["mfu"] > 0
+    header = capsys.readouterr().out.splitlines()[1]
+    assert "mask ms" in header and "outside" in header and "MFU" in header
