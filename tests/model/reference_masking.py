@@ -1,6 +1,7 @@
 """REFERENCE ONLY: the host-side masking samplers as they were before issue 16 (per-row Python/numpy
 loops), copied verbatim from ``d2v_lab/model/masking.py`` at commit 040545d. Nothing in ``d2v_lab``
-imports this file. The tests compare the statistics of the vectorised samplers (block sizes, span
+imports this file; it imports the parts that did not change (MaskConfig, masked_count, span_ratio).
+The tests compare the statistics of the vectorised samplers (block sizes, span
 lengths, visible blobs) with these, and ``benchmarks/masking.py`` times both.
 
 The original module docstring follows.
@@ -24,52 +25,12 @@ as fairseq does; the structure stays apart from a few tokens.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-MASK_KINDS = ("block", "inverse_block", "span", "random")
-
-
-@dataclass(frozen=True)
-class MaskConfig:
-    """How one modality masks. ``ratio`` is the exact fraction of tokens masked per sample."""
-    kind: str = "block"          # one of MASK_KINDS
-    ratio: float = 0.6
-    min_block: int = 4           # block: smallest block, in tokens (BEiT uses 16 on a 14x14 grid)
-    block: int = 3               # inverse_block: side of each kept square, in tokens
-    span: int = 10               # span: span length L, in tokens
-
-    def __post_init__(self):
-        if self.kind not in MASK_KINDS:
-            raise ValueError(f"unknown mask kind {self.kind!r}; choose from {MASK_KINDS}")
-        masked_count(self.ratio, 1000)  # refuses ratios outside (0, 1) with a clear message
-        if min(self.min_block, self.block, self.span) < 1:
-            raise ValueError("block and span sizes must be >= 1")
-
-
-def masked_count(ratio: float, n: int) -> int:
-    """round(ratio * n), refusing settings that leave nothing to predict or nothing to see."""
-    if not 0.0 < ratio < 1.0:
-        raise ValueError(f"mask ratio must be strictly between 0 and 1, got {ratio}: ratio 0 leaves "
-                         f"nothing to predict and ratio >= 1 leaves the student nothing to see")
-    k = round(ratio * n)
-    if not 1 <= k <= n - 1:
-        raise ValueError(f"mask ratio {ratio} masks {k} of {n} tokens; at least one token must be "
-                         f"masked and one visible")
-    return k
-
-
-def span_ratio(start_prob: float, span: int) -> float:
-    """Expected masked fraction when each step starts a span of ``span`` steps with probability
-    ``start_prob`` (overlaps allowed): 1 - (1 - p)^L. p=0.065, L=10 -> 0.489."""
-    return 1.0 - (1.0 - start_prob) ** span
-
-
-def start_prob(ratio: float, span: int) -> float:
-    """The inverse of ``span_ratio``: the per-step start probability p that masks ``ratio`` on average."""
-    return 1.0 - (1.0 - ratio) ** (1.0 / span)
+# The config, the exact count and the span arithmetic did not change: shared, not copied.
+from d2v_lab.model.masking import MASK_KINDS, MaskConfig, masked_count, span_ratio  # noqa: E402
 
 
 def _rng(generator: torch.Generator | None) -> np.random.Generator:
