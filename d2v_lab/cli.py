@@ -121,8 +121,8 @@ def cmd_tour(args) -> int:
     summary = run_tour(args.profile, args.out)
     print("\n" + summary_table(summary.probes))
     for name, r in summary.alignment.compared.items():
-        print(f"{name}: shared space {'YES' if r.verdict.shared_space else 'NO'}, alignable with paired data "
-              f"{'YES' if r.verdict.alignable else 'NO'}")
+        print(f"{name}: shared space {r.verdict.shared_space_call.upper()}, alignable with paired data "
+              f"{r.verdict.alignable_call.upper()}")
     print(f"\nreport: {summary.out}/{REPORT}   (time per stage, s: {summary.timings_s})")
     return 0
 

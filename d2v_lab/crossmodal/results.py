@@ -94,10 +94,14 @@ class RSA:
 
 @dataclass(frozen=True)
 class Verdict:
-    shared_space: bool
+    shared_space: bool           # True only when the call is "yes"
     alignable: bool
     structure: dict[str, bool]   # {"mutual_knn", "cka", "rsa"}: relational structure above its null
     text: list[str]              # the plain-language lines, each quoting its numbers
+    # "yes" / "no" / "inconclusive": the 95% interval of the accuracy above, below or across the null's p95
+    shared_space_call: str = ""
+    alignable_call: str = ""
+    intervals: dict[str, list[float]] = field(default_factory=dict)   # {"retrieval_raw": [low, high], ...}
 
 
 @dataclass(frozen=True)

@@ -81,7 +81,7 @@ def check_verdict_quotes_numbers(r: PairResult) -> None:
     raw, assoc = r.retrieval_raw, r.association
     assert pct(raw.observed) in text[0] and pct(raw.chance) in text[0]
     assert pct(max(raw.permutation_p95, raw.rotation_p95)) in text[0]
-    assert text[0].startswith("shared space: " + ("YES" if r.verdict.shared_space else "NO"))
+    assert text[0].startswith("shared space: " + r.verdict.shared_space_call.upper() + ":")
     assert pct(assoc.retrieval) in text[1] and pct(assoc.null_p95) in text[1]
     assert pct(r.procrustes.retrieval_after) in text[1]
     assert f"{r.mutual_knn.best:.3f}" in text[2] and f"{r.cka.observed:.3f}" in text[2]
@@ -133,19 +133,32 @@ def test_compare_pure_noise_is_neither_shared_nor_alignable():
 
 def test_verdict_flags_follow_the_numbers():
     base = dict(retrieval_raw={"observed": 0.5, "chance": 0.2, "permutation_p95": 0.3, "rotation_p95": 0.6},
-                association={"retrieval": 0.7, "null_p95": 0.3, "n_fit": 40},
+                association={"retrieval": 0.7, "null_p95": 0.3, "n_fit": 40, "n_eval": 100},
                 procrustes={"retrieval_after": 0.4},
                 mutual_knn={"best": 0.2, "null_p95": 0.25}, cka={"observed": 0.4, "null_p95": 0.1},
                 rsa={"observed": 0.9, "p95": 0.5, "n_concepts": 4, "interpretable": False})
-    v = verdict(pair_result(**base))
-    assert not v.shared_space                                      # 0.5 is inside the ROTATION null (0.6)
-    assert v.alignable and v.structure == {"mutual_knn": False, "cka": True, "rsa": False}
+    v = verdict(pair_result(n_pairs=200, **base))
+    # 0.5 on 200 pairs: Wilson interval 43.1-56.9%, wholly below the ROTATION null's 60%
+    assert v.shared_space_call == "no" and not v.shared_space
+    assert v.intervals["retrieval_raw"] == pytest.approx([0.4314, 0.5686], abs=1e-4)
+    assert v.alignable_call == "yes" and v.alignable and v.structure == {"mutual_knn": False, "cka": True, "rsa": False}
+    assert v.text[0].startswith("shared space: NO:") and "43.1-56.9%" in v.text[0] and "200 pairs" in v.text[0]
     assert "too few concepts" in v.text[2] and "50.0%" in v.text[0] and "60.0%" in v.text[0]
-    base["retrieval_raw"]["rotation_p95"] = 0.45
+    assert "inside the null band" in v.text[0] and "100 held-out pairs" in v.text[1]
+    base["retrieval_raw"]["rotation_p95"] = 0.40
     base["rsa"].update(n_concepts=6, interpretable=True)
-    v2 = verdict(pair_result(**base))
-    assert v2.shared_space and v2.structure["rsa"] and "above the null band" in v2.text[0]
-    assert v2.text != v.text
+    v2 = verdict(pair_result(n_pairs=200, **base))
+    assert v2.shared_space_call == "yes" and v2.shared_space and v2.structure["rsa"]
+    assert "above the null band" in v2.text[0] and v2.text != v.text
+    # the same 50% on 20 pairs: the interval (29.9-70.1%) straddles 45%: inconclusive, not YES
+    base["retrieval_raw"]["rotation_p95"] = 0.45
+    v3 = verdict(pair_result(n_pairs=20, **base))
+    assert v3.shared_space_call == "inconclusive" and not v3.shared_space
+    assert v3.text[0].startswith("shared space: INCONCLUSIVE:") and "too few pairs to tell" in v3.text[0]
+    # an association score above its null on 11 held-out pairs is inconclusive too
+    base["association"].update(retrieval=8 / 11, null_p95=0.636, n_eval=11)
+    v4 = verdict(pair_result(n_pairs=20, **base))
+    assert v4.alignable_call == "inconclusive" and not v4.alignable
 
 
 # --- RSA null -----------------------------------------------------------------------------------------
@@ -191,20 +204,26 @@ def test_conclusion_is_computed_from_the_numbers():
                           "audio-text_word": concluded(False, False, 0.333, 0.3333, 0.35, False, False),
                           "audio-image": SkippedPair("audio-image", "no concept")})
     text = conclusion(separate)
-    assert "inside its null band for 2 of 2 pairs" in text
+    assert "lies inside the null band for 2 of 2 pairs" in text
     assert "one objective, separate spaces" in text
     for v in ("12.5%", "10.0%", "62.5%", "33.3%", "35.0%"):
         assert v in text
-    assert "above its null for 1 of 2 pairs" in text
+    assert "confidently above its null for 1 of 2 pairs" in text
     assert "Some relational structure is shared (image-text_word:" in text
 
     one_shared = alignment({"image-text_word": concluded(True, True, 0.875, 0.1, 0.95, True, True),
                             "audio-text_word": concluded(False, True, 0.2, 0.25, 0.45, False, False)})
     text2 = conclusion(one_shared)
-    assert "inside its null band for 1 of 2 pairs and above it for image-text_word" in text2
+    assert "inside the null band for 1 of 2 pairs, above it for image-text_word" in text2
     assert "separate spaces" not in text2
     assert "87.5%" in text2 and "95.0%" in text2 and "45.0%" in text2
-    assert "above its null for 2 of 2 pairs" in text2
+    assert "confidently above its null for 2 of 2 pairs" in text2
+
+    unsure = alignment({"image-text_word": concluded(False, True, 0.2, 0.1, 0.9, False, False),
+                        "audio-image": pair_result(n_pairs=23, verdict={"shared_space_call": "inconclusive"})})
+    text3 = conclusion(unsure)
+    assert "inside the null band for 1 of 2 pairs, and straddles it for audio-image (too few pairs" in text3
+    assert "need more paired concepts to decide" in text3
 
     flat = alignment({"a-b": concluded(False, False, 0.1, 0.1, 0.1, False, False)})
     assert "Neither mutual kNN nor CKA rises above its null" in conclusion(flat)
