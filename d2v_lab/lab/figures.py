@@ -10,10 +10,10 @@ from d2v_lab.crossmodal.views import load_views
 from d2v_lab.evaluate.results import ProbeResult
 from d2v_lab.train.runs import PROBE_PNG, UMAP_TAGS, UMAP_VIEWS, umap_png
 
-from .plots import plot_joint_view, plot_probe
+from .plots import UMAP_CAPTION, plot_joint_view, plot_probe
 
-UMAP_TITLES = {"raw": "Joint UMAP: data2vec's own spaces (each PCA-reduced on its own)",
-               "associated": "Joint UMAP: after association heads trained on concept pairs"}
+UMAP_TITLES = {"raw": "data2vec's own spaces (each PCA-reduced on its own), held-out points",
+               "associated": "after association heads fitted on the other half of the pairs"}
 
 
 def save_probe_figure(result: ProbeResult, run_dir, *copies) -> Path:
@@ -32,6 +32,7 @@ def save_alignment_figures(align_dir, *copy_dirs) -> list[Path]:
     paths = []
     for tag in UMAP_TAGS:
         fig = plot_joint_view(views[tag], UMAP_TITLES[tag])
+        fig.text(0.01, -0.04, UMAP_CAPTION, fontsize=7, wrap=True)
         for folder in (Path(align_dir), *map(Path, copy_dirs)):
             fig.savefig(folder / umap_png(tag), dpi=120, bbox_inches="tight")
         plt.close(fig)

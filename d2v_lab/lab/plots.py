@@ -73,38 +73,74 @@ def plot_training(metrics: list[dict], title: str = "", path=None, axes=None):
     return _save(fig, path)
 
 
-CONCEPT_MARKERS = "o^sDv<>pP*Xh8dH1234+x|_"
 UMAP_CAPTION = ("A UMAP picture alone proves nothing: it distorts distances and invents clusters. "
                 "Read it beside the numbers (retrieval vs its null band, the controls) in align.json.")
 
 
-def plot_modalities_2d(points: dict[str, tuple[np.ndarray, np.ndarray]], title: str, ax=None, path=None):
-    """Scatter of 2-D points: colour = modality, marker = concept."""
-    fig, ax = _new_axes(ax, figsize=(7, 6))
-    concepts = sorted({str(c) for _, labels in points.values() for c in labels})
-    marker = {c: CONCEPT_MARKERS[i % len(CONCEPT_MARKERS)] for i, c in enumerate(concepts)}
-    for modality, (xy, labels) in points.items():
-        colour = MODALITY_COLOURS.get(modality.split("_")[0], "tab:purple")
+MODALITY_MARKERS = {"image": "o", "text": "s", "audio": "^"}
+
+
+def plot_joint_view(view: dict[str, np.ndarray], title: str, ax=None, path=None):
+    """One 2-D view of the joint space (``crossmodal.views``): colour = concept, marker = modality. If the
+    modalities shared a space, each colour would form one cluster whatever its markers."""
+    fig, ax = _new_axes(ax, figsize=(8, 6.5))
+    concepts = sorted(set(view["concept"].tolist()))
+    cmap = plt.get_cmap("tab20" if len(concepts) > 10 else "tab10")
+    colour = {c: cmap(i % cmap.N) for i, c in enumerate(concepts)}
+    modalities = list(dict.fromkeys(view["modality"].tolist()))
+    for m in modalities:
+        marker = MODALITY_MARKERS.get(m.split("_")[0], "x")
         for c in concepts:
-            sel = np.asarray(labels) == c
+            sel = (view["modality"] == m) & (view["concept"] == c)
             if sel.any():
-                ax.scatter(xy[sel, 0], xy[sel, 1], s=14, c=colour, marker=marker[c], alpha=0.7, linewidths=0.5)
-    handles = [plt.Line2D([], [], ls="", marker="o", color=MODALITY_COLOURS.get(m.split("_")[0], "tab:purple"),
-                          label=m) for m in points]
-    handles += [plt.Line2D([], [], ls="", marker=marker[c], color="gray", label=c) for c in concepts]
-    ax.legend(handles=handles, fontsize=7, ncol=2, loc="center left", bbox_to_anchor=(1.0, 0.5))
+                ax.scatter(view["xy"][sel, 0], view["xy"][sel, 1], s=22, color=colour[c], marker=marker,
+                           alpha=0.75, edgecolors="none")
+    handles = [plt.Line2D([], [], ls="", marker="o", color=colour[c], label=c) for c in concepts]
+    handles += [plt.Line2D([], [], ls="", marker=MODALITY_MARKERS.get(m.split("_")[0], "x"), color="black",
+                           label=m.replace("_", " ")) for m in modalities]
+    ax.legend(handles=handles, fontsize=8, ncol=1, loc="center left", bbox_to_anchor=(1.0, 0.5),
+              title="colour = concept\nmarker = modality", title_fontsize=8)
     ax.set_xlabel("UMAP 1 (arbitrary units)")
     ax.set_ylabel("UMAP 2 (arbitrary units)")
     ax.set_title(title, fontsize=10)
     return _save(fig, path)
 
 
-def plot_joint_view(view: dict[str, np.ndarray], title: str, ax=None, path=None):
-    """One 2-D view of the joint space (``crossmodal.views``): colour = modality, marker = concept."""
-    points = {m: (view["xy"][view["modality"] == m], view["concept"][view["modality"] == m])
-              for m in dict.fromkeys(view["modality"].tolist())}
-    fig = plot_modalities_2d(points, title, ax=ax)
-    fig.text(0.01, -0.04, UMAP_CAPTION, fontsize=7, wrap=True)
+def plot_similarity_matrix(rows: list[str], cols: list[str], sim: np.ndarray, title: str, ax=None, path=None,
+                           row_label: str = "", col_label: str = ""):
+    """A concept x concept cosine-similarity matrix (``crossmodal.views.cross_similarity``); the diagonal
+    (same concept in both modalities) is outlined."""
+    fig, ax = _new_axes(ax, figsize=(5, 4.5))
+    im = ax.imshow(sim, cmap="RdBu_r", vmin=-1, vmax=1)
+    ax.set_xticks(range(len(cols)), labels=cols, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(len(rows)), labels=rows, fontsize=8)
+    for i, c in enumerate(rows):
+        if c in cols:
+            ax.add_patch(plt.Rectangle((cols.index(c) - 0.5, i - 0.5), 1, 1, fill=False, lw=1.5, ec="black"))
+    ax.set_xlabel(col_label)
+    ax.set_ylabel(row_label)
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="cosine of concept means")
+    return _save(fig, path)
+
+
+def plot_null(null: np.ndarray, observed: float, interval: tuple[float, float] | None = None, chance=None,
+              title: str = "", xlabel: str = "retrieval accuracy", ax=None, path=None):
+    """A null distribution as a histogram, its 95th percentile, the observed value (with its 95%
+    interval) and chance."""
+    fig, ax = _new_axes(ax, figsize=(5, 3.2))
+    null = np.asarray(null, dtype=float)
+    ax.hist(100 * null, bins=20, color="lightgray", edgecolor="gray", label=f"null ({len(null)} draws)")
+    ax.axvline(100 * np.percentile(null, 95), color="gray", ls="--", label="null 95th percentile")
+    ax.axvline(100 * observed, color="tab:red", lw=2, label=f"observed: {100 * observed:.1f}%")
+    if interval is not None:
+        ax.axvspan(100 * interval[0], 100 * interval[1], color="tab:red", alpha=0.15, label="95% interval")
+    if chance is not None:
+        ax.axvline(100 * chance, color="black", ls=":", label=f"chance: {100 * chance:.1f}%")
+    ax.set_xlabel(f"{xlabel} (%)")
+    ax.set_ylabel("draws")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
     return _save(fig, path)
 
 
