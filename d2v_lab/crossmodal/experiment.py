@@ -49,6 +49,9 @@ from .results import (
 from .verdict import verdict
 from .views import save_views, umap_views
 
+# the layout of align.json and views.npz; a saved result of another layout is recomputed, not reused.
+# 2: verdicts with intervals and calls, views of held-out points with their coordinates.
+ALIGN_FORMAT = 2
 # (a, b) feature sets compared, in the order they are reported
 COMPARISONS = (("image", "text_word"), ("image", "text_story"), ("audio", "text_word"), ("audio", "image"))
 
@@ -112,7 +115,7 @@ def run_alignment(image_dir, text_dir, audio_dir, out_dir, cfg: AlignConfig = Al
     out.mkdir(parents=True, exist_ok=True)
     feats = collect_features(image_dir, text_dir, audio_dir, cfg, root, progress)
     result = compare_all(feats, cfg, progress)
-    (out / ALIGN_JSON).write_text(json.dumps(result.to_json(), indent=2))
+    (out / ALIGN_JSON).write_text(json.dumps({"format": ALIGN_FORMAT, **result.to_json()}, indent=2))
     save_views(umap_views(feats, cfg), out / UMAP_VIEWS)
     return result
 
@@ -124,6 +127,8 @@ def cached_alignment(runs_dir, cfg: AlignConfig, root=None, progress: bool = Tru
     out = runs_dir / ALIGNMENT
     inputs = [runs_dir / m / CHECKPOINT for m in ("image", "text", "audio")]
     if is_fresh(out / ALIGN_JSON, inputs) and is_fresh(out / UMAP_VIEWS, inputs):
-        log(f"reusing {out / ALIGN_JSON} (newer than the three checkpoints)")
-        return AlignmentResult.from_json(json.loads((out / ALIGN_JSON).read_text()))
+        saved = json.loads((out / ALIGN_JSON).read_text())
+        if saved.get("format") == ALIGN_FORMAT:      # an older layout (e.g. without intervals) is recomputed
+            log(f"reusing {out / ALIGN_JSON} (newer than the three checkpoints)")
+            return AlignmentResult.from_json(saved)
     return run_alignment(runs_dir / "image", runs_dir / "text", runs_dir / "audio", out, cfg, root, progress)
