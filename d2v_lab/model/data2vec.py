@@ -57,6 +57,7 @@ class Data2VecConfig:
     decoder_dim: int = 192           # 2.0 decoder width, depth and kernel
     decoder_layers: int = 2
     decoder_kernel: int = 3
+    decoder_groups: int = 1          # 2.0 decoder conv groups (fairseq's audio/image recipes: 16; text: 1)
     mask_noise_std: float = 0.01     # 2.0: masked slots enter the decoder as this much Gaussian noise
     cls_loss: float = 0.0            # 2.0: weight of the [CLS] token's global target (mean of the targets);
                                      # > 0 also gives image/audio adapters a [CLS] token
@@ -71,6 +72,9 @@ class Data2VecConfig:
             raise ValueError(f"loss must be 'l2' or 'smooth_l1', got {self.loss!r}")
         if self.num_masks < 1:
             raise ValueError(f"num_masks must be >= 1, got {self.num_masks}")
+        if self.decoder_groups < 1 or self.decoder_dim % self.decoder_groups:
+            raise ValueError(f"decoder_groups must be >= 1 and divide decoder_dim={self.decoder_dim}, "
+                             f"got {self.decoder_groups}")
         if self.cls_loss > 0 and self.target_layer_norm == "instance" and self.target_final_norm == "none":
             raise ValueError("cls_loss needs a final target norm: instance-normalised targets average to 0 "
                              "in every channel, so the [CLS] target (their mean) would be constant. Set "
@@ -151,8 +155,11 @@ class Data2Vec(nn.Module):
             self.head = nn.Linear(D, D) if cfg.head_layers == 1 else \
                 nn.Sequential(nn.Linear(D, 2 * D), nn.GELU(), nn.Linear(2 * D, D))
         else:
+            if D % cfg.decoder_groups:
+                raise ValueError(f"decoder_groups={cfg.decoder_groups} must divide the encoder width {D} "
+                                 f"(the decoder's first conv reads it)")
             self.decoder = ConvDecoder(D, cfg.decoder_dim, cfg.decoder_layers, cfg.decoder_kernel, D,
-                                       grid=adapter.grid)
+                                       grid=adapter.grid, groups=cfg.decoder_groups)
 
     def train(self, mode: bool = True):
         super().train(mode)
