@@ -371,3 +371,29 @@ def test_decoder_groups_must_divide_the_widths():
     adapter = AudioAdapter(36, MaskConfig("span", 0.5, span=5))
     with pytest.raises(ValueError, match="decoder_groups"):
         Data2Vec(adapter, Encoder(EncoderConfig(36, 2, 2)), Data2VecConfig(top_k=2, decoder_dim=32, decoder_groups=8))
+
+
+# --- no information about masked frames reaches the audio student ----------------------------------------
+
+@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("cls", [False, True])
+def test_audio_student_input_does_not_depend_on_masked_frames(version, cls):
+    """Standardising each clip with its own mean and std (over all frames, masked ones included) would
+    hand every visible token two numbers about the hidden frames. With fixed dataset statistics, what
+    the student encodes, and so its predictions, are bit-identical whatever the masked frames hold."""
+    model = make("audio", version, **(dict(cls_loss=0.5, target_final_norm="layer") if cls else {}))
+    x, ad = inputs("audio"), model.student.adapter
+    mask = ad.sample_mask(B, gen(1))
+    hidden = mask[:, ad.prefix:].repeat_interleave(ad.patch, dim=1)[:, None, :]     # (B, 1, frames)
+    other = torch.randn(x.shape, generator=gen(2)) * 10 + 3                         # new mean and std too
+    x2 = torch.where(hidden, other, x)
+    assert not torch.equal(x, x2)
+    seen = _record_encoder_inputs(model)
+    o1, o2 = run(model, x, mask), run(model, x2, mask)
+    assert torch.equal(seen[0], seen[1]) and torch.equal(o1.pred, o2.pred)
+    assert not torch.equal(o1.target, o2.target)          # the teacher does see the masked frames
+    # the check can fail: a change to one VISIBLE frame reaches the student
+    x3 = x.clone()
+    x3[0, :, int((~hidden[0, 0]).nonzero()[0, 0])] += 1.0
+    run(model, x3, mask)
+    assert not torch.equal(seen[0], seen[2])
