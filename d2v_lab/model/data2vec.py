@@ -29,6 +29,32 @@ Differences from the released fairseq code, where the code departs from the pape
   an EMA of the whole student encoder including its input adapter.
 - fairseq sums the loss over channels and scales it by 1/sqrt(D); we average over channels, a constant
   factor that Adam's update is invariant to.
+
+Further differences, checked against the fairseq source (issue 14, item 3, findings 1-5):
+- (1) Mask ratio. fairseq's 2.0 audio masking (mask_prob=0.5, mask_length=5; compute_mask_indices with
+  min_masks=1, require_same_masks=True) draws int(0.5 * T / 5 + U) span starts per row and lets spans
+  overlap, so a row is ~42% masked (simulated: 41.9% at T=50, 41.0% at T=500); it then cuts every row
+  to the batch minimum: 34% / 29% / 26% of T=50 for 8 / 64 / 256 rows (36-39% at T=500). Our
+  ``span_mask`` masks exactly round(ratio * T) per row: the ratio asked is the ratio got (fairseq's
+  rule at our 50 tokens and 256 rows, 64 clips x 4 masks, would give ratio 0.26).
+- (2) [CLS] loss weight. fairseq adds cls_loss * sample_size * (sum of the [CLS] squared errors) and
+  divides the whole loss by sample_size (masked tokens), so against the mean regression error its
+  weight is cls_loss * R, R = rows per GPU (clips x clone_batch); ours multiplies a mean. Ours =
+  fairseq's * R: its image recipe (0.01, 16 clips x 16 clones) is our cls_loss = 2.56. fairseq also
+  reads the [CLS] prediction straight off the encoder output; we pass it through ``cls_head``.
+- (3) Pre-LN. Our blocks normalise before attention and FFN, plus a final norm (stable with short
+  warm-ups; Xiong et al. 2020). fairseq's 2.0 (Data2VecMultiConfig.layer_norm_first=False, set by no
+  v2 recipe) and 1.0 audio (Wav2Vec2Config.layer_norm_first=False) are post-LN: r = norm1(x + attn(x)),
+  x = norm2(r + FFN(r)), with a LayerNorm on the embedded input. The target is the same quantity, the
+  FFN output before the residual. (fairseq's layer_norm_first=True block drops the FFN skip:
+  r = x = mlp(norm2(x)).)
+- (4) Decoder conv groups: fairseq's audio and image recipes use decoder_groups=16 (text: 1); our
+  ``decoder_groups`` defaults to 1, a full convolution.
+- (5) Audio input statistics. fairseq standardises each waveform over all its samples before masking
+  (task normalize=true), so the clip's mean and std, masked frames included, reach the student. Our
+  ``AudioAdapter`` uses fixed dataset statistics, so no log-mel value of a masked frame reaches the
+  visible tokens (test_audio_student_input_does_not_depend_on_masked_frames; what remains is the STFT
+  windows' overlap: a frame next to a masked span shares up to 15 ms of waveform with it).
 """
 from __future__ import annotations
 
