@@ -8,6 +8,8 @@ Reading the numbers (metrics in ``metrics.py``, controls in ``controls.py``, pai
                   the other half. High here + chance above = the spaces CAN be aligned, given pairs.
 - same structure? mutual kNN (best layer pair), unbiased CKA and RSA compare neighbourhoods /
                   similarity structure WITHIN each space: second-order similarity, not a shared space.
+                  CKA is reported on the raw last-layer features and, next to it, after Huh et al.'s
+                  preprocessing (outliers clipped, rows L2-normalised), each with its own null.
 """
 from __future__ import annotations
 
@@ -28,11 +30,12 @@ from .metrics import (
     mutual_knn_chance,
     mutual_knn_layers,
     permutation_null,
+    platonic_preprocessing,
     retrieval_chance,
     rotation_null,
     rsa_null,
     to_common_dim,
-    unbiased_cka,
+    unbiased_cka_null,
 )
 from .pairing import ConceptFeatures, collect_features, concept_pairs
 from .results import (
@@ -74,7 +77,9 @@ def _compare(fa, fb, per_concept, n_shuffles, common_dim, k, seed) -> PairResult
 
     knn_scores, knn_band = mutual_knn_layers(list(la), list(lb), k, n_shuffles, seed)
     best = np.unravel_index(knn_scores.argmax(), knn_scores.shape)
-    cka = permutation_null(unbiased_cka, a, b, n_shuffles, seed)
+    cka = unbiased_cka_null(a, b, n_shuffles, seed)
+    # preprocessing is per matrix (one clip threshold) and per row, so it commutes with the shuffles
+    cka_platonic = unbiased_cka_null(platonic_preprocessing(a), platonic_preprocessing(b), n_shuffles, seed)
     retrieval_kwargs = dict(labels_a=y, labels_b=y)
     raw_perm = permutation_null(cross_modal_retrieval, za, zb, n_shuffles, seed, **retrieval_kwargs)
     raw_rot = rotation_null(cross_modal_retrieval, za, zb, n_shuffles, seed, **retrieval_kwargs)
@@ -87,7 +92,7 @@ def _compare(fa, fb, per_concept, n_shuffles, common_dim, k, seed) -> PairResult
         concepts={c: int((y == c).sum()) for c in np.unique(y)},
         mutual_knn=MutualKNN(knn_band.observed, [int(best[0]), int(best[1])], knn_band.p95,
                              mutual_knn_chance(len(y), k), k, knn_scores.round(4).tolist()),
-        cka=CKA(cka.observed, cka.p95),
+        cka=CKA(cka.observed, cka.p95, cka_platonic.observed, cka_platonic.p95),
         retrieval_raw=RawRetrieval(raw_perm.observed, retrieval_chance(y, y), raw_perm.p95, raw_rot.p95, dim),
         procrustes=Procrustes(**procrustes), association=Association(**assoc),
         # a rank correlation over fewer than 5 concepts (10 concept pairs) says little

@@ -32,6 +32,8 @@ __all__ = [
     "mutual_knn_alignment",
     "mutual_knn_chance",
     "unbiased_cka",
+    "unbiased_cka_null",
+    "platonic_preprocessing",
     "to_common_dim",
     "cross_modal_retrieval",
     "retrieval_chance",
@@ -106,17 +108,34 @@ def _clip_outliers(x: np.ndarray, q: float | None) -> np.ndarray:
     Huh et al. (2024, appendix) clip outlier activations before measuring
     alignment, because a few huge "massive activation" dimensions would
     otherwise decide every cosine. Their code (``remove_outliers`` in
-    minyoungg/platonic-rep) takes one scalar threshold per feature matrix:
-    with ``exact=True`` (their ``--precise`` flag) the q-quantile of |x| over
-    all entries, which is what we do; the default fast path averages
-    per-sample quantiles instead, which gives a nearly identical threshold.
+    minyoungg/platonic-rep metrics.py) takes one scalar threshold per feature
+    matrix: with ``exact=True`` (their ``--precise`` flag) the order statistic
+    sorted(|x|)[int(q * x.size)] over all entries, which is what we take; the
+    default fast path averages per-sample quantiles instead, which gives a
+    nearly identical threshold.
     """
     if q is None or q >= 1.0:
         return x
     if not 0.0 < q < 1.0:
         raise ValueError(f"clip_quantile must be in (0, 1] or None, got {q}")
-    t = np.quantile(np.abs(x), q)
+    k = int(q * x.size)
+    t = np.partition(np.abs(x), k, axis=None)[k]  # = np.sort(|x|, axis=None)[k], without the full sort
     return np.clip(x, -t, t)
+
+
+def platonic_preprocessing(x: ArrayLike, clip_quantile: float | None = 0.95) -> np.ndarray:
+    """What minyoungg/platonic-rep (Huh et al. 2024) does to every feature matrix before ANY of its
+    alignment metrics, CKA included: clip |x| at its ``clip_quantile`` quantile over the whole matrix
+    (``prepare_features`` -> ``remove_outliers``, exact order statistic, see ``_clip_outliers``), then
+    L2-normalise each row (``compute_score(normalize=True)``). Rows permute with the input, so a
+    permutation null may preprocess once and shuffle afterwards.
+
+    ``unbiased_cka(platonic_preprocessing(a), platonic_preprocessing(b))`` is their ``unbiased_cka``
+    score (they add 1e-6 to the denominator, a difference far below the reported digits). Clipping acts
+    on coordinates, so unlike raw CKA the result is not rotation invariant: when a few coordinates carry
+    most of the variance, a randomly rotated copy of the same features no longer scores 1.
+    """
+    return l2_normalize(_clip_outliers(as_numpy(x), clip_quantile))
 
 
 def _knn_indices(x: np.ndarray, k: int) -> np.ndarray:
@@ -247,7 +266,19 @@ def unbiased_cka(a: ArrayLike, b: ArrayLike) -> float:
     structures. It is invariant to orthogonal maps, isotropic scaling and
     translation of either side, so like mutual kNN it compares structure, not
     coordinates. Needs n >= 4. (The unbiased estimate can dip slightly below 0.)
+
+    Variant: this is CKA of the features AS GIVEN (raw). Huh et al.'s code
+    first clips outliers and L2-normalises rows; pass both sides through
+    ``platonic_preprocessing`` for that variant (the experiment reports both).
+    The two can differ a lot when a few coordinates dominate: a rotated copy
+    scores 1 here but can score well below 1 after the clipping.
     """
+    uk, ul, scale = _cka_parts(a, b)
+    return _hsic_unbiased(uk, ul) / scale
+
+
+def _cka_parts(a: ArrayLike, b: ArrayLike) -> tuple[np.ndarray, np.ndarray, float]:
+    """U-centred Gram matrices of a and b and CKA's denominator sqrt(HSIC(K, K) HSIC(L, L))."""
     a, b = as_numpy(a, "a"), as_numpy(b, "b")
     check_paired(a, b)
     n = a.shape[0]
@@ -257,7 +288,21 @@ def unbiased_cka(a: ArrayLike, b: ArrayLike) -> float:
     hkk, hll = _hsic_unbiased(uk, uk), _hsic_unbiased(ul, ul)
     if hkk <= 0 or hll <= 0:
         raise ValueError("unbiased CKA is undefined: a or b has no variance across rows")
-    return _hsic_unbiased(uk, ul) / float(np.sqrt(hkk * hll))
+    return uk, ul, float(np.sqrt(hkk * hll))
+
+
+def unbiased_cka_null(a: ArrayLike, b: ArrayLike, n_shuffles: int = 200, seed: int = 0) -> NullBand:
+    """``permutation_null(unbiased_cka, a, b, n_shuffles, seed)``: the same shuffles and the same
+    numbers (up to rounding), without recomputing the Gram matrices for every shuffle. Shuffling b's
+    rows permutes the rows and columns of its U-centred Gram matrix and leaves HSIC(L, L) unchanged,
+    so each shuffle only re-indexes one n x n matrix: O(n^2) instead of O(n^2 * width)."""
+    uk, ul, scale = _cka_parts(a, b)
+    if n_shuffles < 1:
+        raise ValueError(f"n_shuffles must be >= 1, got {n_shuffles}")
+    rng = np.random.default_rng(seed)
+    perms = (rng.permutation(len(ul)) for _ in range(n_shuffles))
+    null = np.array([_hsic_unbiased(uk, ul[np.ix_(p, p)]) / scale for p in perms])
+    return _band(_hsic_unbiased(uk, ul) / scale, null)
 
 
 # -----------------------------------------------------------------------------

@@ -37,9 +37,14 @@ class MutualKNN:
 
 @dataclass(frozen=True)
 class CKA:
-    """Unbiased linear CKA of the last layers, against its shuffled-pairs null."""
+    """Unbiased linear CKA of the last layers, against its shuffled-pairs null, in two variants: on the
+    raw features (``observed``, ``null_p95``; what the verdict reads) and after the preprocessing of
+    Huh et al.'s code (``platonic_*``: |x| clipped at its 95% quantile, rows L2-normalised; see
+    ``metrics.platonic_preprocessing``), so the number can be set next to theirs."""
     observed: float
     null_p95: float
+    platonic_observed: float | None = None   # None in align.json files written before these fields
+    platonic_null_p95: float | None = None
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,32 @@ Differences from the released fairseq code, where the code departs from the pape
   an EMA of the whole student encoder including its input adapter.
 - fairseq sums the loss over channels and scales it by 1/sqrt(D); we average over channels, a constant
   factor that Adam's update is invariant to.
+
+Further differences, checked against the fairseq source (issue 14, item 3, findings 1-5):
+- (1) Mask ratio. fairseq's 2.0 audio masking (mask_prob=0.5, mask_length=5; compute_mask_indices with
+  min_masks=1, require_same_masks=True) draws int(0.5 * T / 5 + U) span starts per row and lets spans
+  overlap, so a row is ~42% masked (simulated: 41.9% at T=50, 41.0% at T=500); it then cuts every row
+  to the batch minimum: 34% / 29% / 26% of T=50 for 8 / 64 / 256 rows (36-39% at T=500). Our
+  ``span_mask`` masks exactly round(ratio * T) per row: the ratio asked is the ratio got (fairseq's
+  rule at our 50 tokens and 256 rows, 64 clips x 4 masks, would give ratio 0.26).
+- (2) [CLS] loss weight. fairseq adds cls_loss * sample_size * (sum of the [CLS] squared errors) and
+  divides the whole loss by sample_size (masked tokens), so against the mean regression error its
+  weight is cls_loss * R, R = rows per GPU (clips x clone_batch); ours multiplies a mean. Ours =
+  fairseq's * R: its image recipe (0.01, 16 clips x 16 clones) is our cls_loss = 2.56. fairseq also
+  reads the [CLS] prediction straight off the encoder output; we pass it through ``cls_head``.
+- (3) Pre-LN. Our blocks normalise before attention and FFN, plus a final norm (stable with short
+  warm-ups; Xiong et al. 2020). fairseq's 2.0 (Data2VecMultiConfig.layer_norm_first=False, set by no
+  v2 recipe) and 1.0 audio (Wav2Vec2Config.layer_norm_first=False) are post-LN: r = norm1(x + attn(x)),
+  x = norm2(r + FFN(r)), with a LayerNorm on the embedded input. The target is the same quantity, the
+  FFN output before the residual. (fairseq's layer_norm_first=True block drops the FFN skip:
+  r = x = mlp(norm2(x)).)
+- (4) Decoder conv groups: fairseq's audio and image recipes use decoder_groups=16 (text: 1); our
+  ``decoder_groups`` defaults to 1, a full convolution.
+- (5) Audio input statistics. fairseq standardises each waveform over all its samples before masking
+  (task normalize=true), so the clip's mean and std, masked frames included, reach the student. Our
+  ``AudioAdapter`` uses fixed dataset statistics, so no log-mel value of a masked frame reaches the
+  visible tokens (test_audio_student_input_does_not_depend_on_masked_frames; what remains is the STFT
+  windows' overlap: a frame next to a masked span shares up to 15 ms of waveform with it).
 """
 from __future__ import annotations
 
@@ -57,6 +83,7 @@ class Data2VecConfig:
     decoder_dim: int = 192           # 2.0 decoder width, depth and kernel
     decoder_layers: int = 2
     decoder_kernel: int = 3
+    decoder_groups: int = 1          # 2.0 decoder conv groups (fairseq's audio/image recipes: 16; text: 1)
     mask_noise_std: float = 0.01     # 2.0: masked slots enter the decoder as this much Gaussian noise
     cls_loss: float = 0.0            # 2.0: weight of the [CLS] token's global target (mean of the targets);
                                      # > 0 also gives image/audio adapters a [CLS] token
@@ -71,6 +98,9 @@ class Data2VecConfig:
             raise ValueError(f"loss must be 'l2' or 'smooth_l1', got {self.loss!r}")
         if self.num_masks < 1:
             raise ValueError(f"num_masks must be >= 1, got {self.num_masks}")
+        if self.decoder_groups < 1 or self.decoder_dim % self.decoder_groups:
+            raise ValueError(f"decoder_groups must be >= 1 and divide decoder_dim={self.decoder_dim}, "
+                             f"got {self.decoder_groups}")
         if self.cls_loss > 0 and self.target_layer_norm == "instance" and self.target_final_norm == "none":
             raise ValueError("cls_loss needs a final target norm: instance-normalised targets average to 0 "
                              "in every channel, so the [CLS] target (their mean) would be constant. Set "
@@ -151,8 +181,11 @@ class Data2Vec(nn.Module):
             self.head = nn.Linear(D, D) if cfg.head_layers == 1 else \
                 nn.Sequential(nn.Linear(D, 2 * D), nn.GELU(), nn.Linear(2 * D, D))
         else:
+            if D % cfg.decoder_groups:
+                raise ValueError(f"decoder_groups={cfg.decoder_groups} must divide the encoder width {D} "
+                                 f"(the decoder's first conv reads it)")
             self.decoder = ConvDecoder(D, cfg.decoder_dim, cfg.decoder_layers, cfg.decoder_kernel, D,
-                                       grid=adapter.grid)
+                                       grid=adapter.grid, groups=cfg.decoder_groups)
 
     def train(self, mode: bool = True):
         super().train(mode)

@@ -98,6 +98,9 @@ def test_compare_identical_paired_features_share_one_space():
     r = compare(fa, ConceptFeatures("b", layers_b, LABELS, "b"), n_shuffles=30)
     assert r.mutual_knn.best == 1.0
     assert r.cka.observed == pytest.approx(1.0, abs=1e-9)
+    # CKA is reported raw and after platonic-rep's preprocessing, each with its own shuffled-pairs null
+    assert r.cka.platonic_observed == pytest.approx(1.0, abs=1e-9) and r.cka.platonic_null_p95 < 0.5
+    assert {"observed", "null_p95", "platonic_observed", "platonic_null_p95"} <= set(r.to_json()["cka"])
     assert r.retrieval_raw.observed == 1.0
     assert r.n_pairs == N_CONCEPTS * PER and r.concepts == {c: PER for c in np.unique(LABELS)}
     v = r.verdict
@@ -129,6 +132,11 @@ def test_compare_pure_noise_is_neither_shared_nor_alignable():
     assert not v.structure["mutual_knn"] and not v.structure["cka"]
     assert abs(r.association.retrieval - r.association.chance) < 0.2
     check_verdict_quotes_numbers(r)
+
+
+def test_align_json_without_the_platonic_cka_fields_still_loads():
+    r = pair_result(cka={"observed": 0.4, "null_p95": 0.1})       # the layout written before they existed
+    assert r.cka.observed == 0.4 and r.cka.platonic_observed is None and r.cka.platonic_null_p95 is None
 
 
 def test_verdict_flags_follow_the_numbers():

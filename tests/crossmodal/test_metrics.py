@@ -14,11 +14,13 @@ from d2v_lab.crossmodal.metrics import (
     mutual_knn_alignment,
     mutual_knn_chance,
     permutation_null,
+    platonic_preprocessing,
     retrieval_chance,
     rotation_null,
     rsa,
     to_common_dim,
     unbiased_cka,
+    unbiased_cka_null,
 )
 
 
@@ -64,7 +66,8 @@ def test_mutual_knn_clipping_is_one_whole_matrix_quantile_per_modality():
     rng = np.random.default_rng(2)
     a = rng.standard_t(df=2, size=(60, 8))  # heavy tails, so clipping changes neighbourhoods
     b = rng.standard_t(df=2, size=(60, 8)) + a
-    qa, qb = np.quantile(np.abs(a), 0.95), np.quantile(np.abs(b), 0.95)
+    # platonic-rep's remove_outliers(exact=True): the order statistic sorted(|x|)[int(q * numel)]
+    qa, qb = (np.sort(np.abs(x), axis=None)[int(0.95 * x.size)] for x in (a, b))
     expected = mutual_knn_alignment(np.clip(a, -qa, qa), np.clip(b, -qb, qb), k=5, clip_quantile=None)
     assert mutual_knn_alignment(a, b, k=5) == pytest.approx(expected, abs=1e-12)
     assert mutual_knn_alignment(a, b, k=5) != mutual_knn_alignment(a, b, k=5, clip_quantile=None)
@@ -159,6 +162,51 @@ def test_cka_matches_textbook_unbiased_hsic():
     assert _hsic_song_eq5(k, l) == pytest.approx(_hsic_u_statistic(k, l), rel=1e-10)
     expected = _hsic_u_statistic(k, l) / np.sqrt(_hsic_u_statistic(k, k) * _hsic_u_statistic(l, l))
     assert unbiased_cka(a, b) == pytest.approx(expected, rel=1e-10)
+
+
+def test_cka_of_a_rotated_copy_is_one_raw_but_not_after_platonic_preprocessing():
+    """Raw unbiased CKA is rotation invariant. platonic-rep clips |x| at one quantile per matrix before
+    every metric, which acts on coordinates: when one coordinate carries most of the structure (a
+    "massive activation"), the clip flattens it in x but not in a rotated copy, where it is spread out."""
+    rng = np.random.default_rng(12)
+    n, d = 300, 64
+    centres, y = rng.normal(size=(10, d)), rng.integers(0, 10, n)
+    x = 2 * centres[y] + rng.normal(size=(n, d))
+    x[:, 0] *= 100
+    xr = x @ random_rotation(d, rng)
+    assert unbiased_cka(x, xr) == pytest.approx(1.0, abs=1e-9)
+    assert unbiased_cka(platonic_preprocessing(x), platonic_preprocessing(xr)) < 0.6
+    # without a dominant coordinate the clip barely matters
+    z = 2 * centres[y] + rng.normal(size=(n, d))
+    assert unbiased_cka(platonic_preprocessing(z), platonic_preprocessing(z @ random_rotation(d, rng))) > 0.95
+
+
+def test_fast_cka_null_is_the_generic_permutation_null():
+    a, b, _ = concept_data(13, n_per=20)
+    fast, slow = unbiased_cka_null(a, b, n_shuffles=40, seed=3), permutation_null(unbiased_cka, a, b, 40, seed=3)
+    assert fast.observed == slow.observed and fast.n_shuffles == slow.n_shuffles == 40
+    assert (fast.mean, fast.p95, fast.p_value) == pytest.approx((slow.mean, slow.p95, slow.p_value), abs=1e-12)
+    assert fast.observed > fast.p95                          # the concepts make the pairing matter
+
+
+def test_platonic_preprocessing_by_hand():
+    a = np.array([[1.0, 0.0], [0.0, 2.0], [3.0, 1.0], [1.0, 1.0], [10.0, -1.0]])
+    b = np.array([[0.0, 1.0, 1.0], [2.0, 0.0, 1.0], [1.0, 1.0, 0.0], [0.5, -1.0, 2.0], [1.0, 3.0, 1.0]])
+    # |a| sorted: 0 0 1 1 1 1 1 2 3 10; q = 0.8 -> element int(0.8 * 10) = 8 -> threshold 3: 10 -> 3
+    a_hand = np.array([[1.0, 0.0], [0.0, 1.0], [3 / 10**0.5, 1 / 10**0.5], [2**-0.5, 2**-0.5],
+                       [3 / 10**0.5, -1 / 10**0.5]])
+    np.testing.assert_allclose(platonic_preprocessing(a, clip_quantile=0.8), a_hand, rtol=1e-12)
+    # |b| sorted: 0 0 0 0.5 1 1 1 1 1 1 1 1 2 2 3; element int(0.8 * 15) = 12 -> threshold 2: 3 -> 2
+    b_clip = b.copy()
+    b_clip[4, 1] = 2.0
+    b_hand = b_clip / np.sqrt((b_clip**2).sum(1, keepdims=True))
+    np.testing.assert_allclose(platonic_preprocessing(b, clip_quantile=0.8), b_hand, rtol=1e-12)
+    k, l = a_hand @ a_hand.T, b_hand @ b_hand.T
+    expected = _hsic_u_statistic(k, l) / np.sqrt(_hsic_u_statistic(k, k) * _hsic_u_statistic(l, l))
+    got = unbiased_cka(platonic_preprocessing(a, 0.8), platonic_preprocessing(b, 0.8))
+    assert got == pytest.approx(expected, rel=1e-10)
+    assert abs(got - unbiased_cka(a, b)) > 0.05             # the preprocessing matters on this example
+    np.testing.assert_allclose(platonic_preprocessing(b, clip_quantile=None), b / np.sqrt((b**2).sum(1, keepdims=True)))
 
 
 # ----------------------------------------------------------------------------- retrieval & Procrustes

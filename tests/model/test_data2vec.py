@@ -342,3 +342,58 @@ def test_cls_loss_refuses_a_constant_target():
         Data2VecConfig(cls_loss=1.0, target_layer_norm="instance", target_final_norm="none")
     y = torch.nn.functional.instance_norm(torch.randn(2, 8, 10)).transpose(1, 2)   # (B, T, D) targets
     assert y.mean(dim=1).abs().max() < 1e-5
+
+
+# --- the 2.0 decoder's convolution groups ---------------------------------------------------------------
+
+@pytest.mark.parametrize("modality", ["image", "audio"])
+def test_decoder_groups_split_the_convolutions_into_independent_channel_groups(modality):
+    """fairseq's Decoder1d/2d use ``decoder_groups`` (16 in its audio and image recipes): each conv's output
+    group reads only its own input group. The default (1) is a full convolution, as before."""
+    assert all(c.groups == 1 for c in make(modality, 2).decoder.convs)
+    model, x = make(modality, 2, decoder_groups=4), inputs(modality)
+    conv = model.decoder.convs[0]
+    assert conv.groups == 4 and conv.weight.shape[1] == 32 // 4
+    grid = model.student.adapter.grid
+    h = torch.randn(2, 32, *(grid or (50,)))
+    h2 = h.clone()
+    h2[:, 8:] += 1.0                                     # change every input group but the first
+    with torch.no_grad():
+        y, y2 = conv(h), conv(h2)
+    assert torch.equal(y[:, :8], y2[:, :8]) and not torch.equal(y[:, 8:], y2[:, 8:])
+    out = model(x, gen(0))
+    assert torch.isfinite(out.loss)
+
+
+def test_decoder_groups_must_divide_the_widths():
+    with pytest.raises(ValueError, match="decoder_groups"):
+        Data2VecConfig(decoder_dim=32, decoder_groups=5)
+    adapter = AudioAdapter(36, MaskConfig("span", 0.5, span=5))
+    with pytest.raises(ValueError, match="decoder_groups"):
+        Data2Vec(adapter, Encoder(EncoderConfig(36, 2, 2)), Data2VecConfig(top_k=2, decoder_dim=32, decoder_groups=8))
+
+
+# --- no information about masked frames reaches the audio student ----------------------------------------
+
+@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("cls", [False, True])
+def test_audio_student_input_does_not_depend_on_masked_frames(version, cls):
+    """Standardising each clip with its own mean and std (over all frames, masked ones included) would
+    hand every visible token two numbers about the hidden frames. With fixed dataset statistics, what
+    the student encodes, and so its predictions, are bit-identical whatever the masked frames hold."""
+    model = make("audio", version, **(dict(cls_loss=0.5, target_final_norm="layer") if cls else {}))
+    x, ad = inputs("audio"), model.student.adapter
+    mask = ad.sample_mask(B, gen(1))
+    hidden = mask[:, ad.prefix:].repeat_interleave(ad.patch, dim=1)[:, None, :]     # (B, 1, frames)
+    other = torch.randn(x.shape, generator=gen(2)) * 10 + 3                         # new mean and std too
+    x2 = torch.where(hidden, other, x)
+    assert not torch.equal(x, x2)
+    seen = _record_encoder_inputs(model)
+    o1, o2 = run(model, x, mask), run(model, x2, mask)
+    assert torch.equal(seen[0], seen[1]) and torch.equal(o1.pred, o2.pred)
+    assert not torch.equal(o1.target, o2.target)          # the teacher does see the masked frames
+    # the check can fail: a change to one VISIBLE frame reaches the student
+    x3 = x.clone()
+    x3[0, :, int((~hidden[0, 0]).nonzero()[0, 0])] += 1.0
+    run(model, x3, mask)
+    assert not torch.equal(seen[0], seen[2])
