@@ -43,7 +43,7 @@ def demo_config(modality: str = "image", tau: float = 0.99, top_k: int = 2, step
     """The ``profile`` config with a CONSTANT EMA decay ``tau``, top-``top_k`` targets, ``steps`` updates,
     and the collapse guard off (the demos want to show collapse, not stop at it)."""
     cfg = get_profile(modality, profile)
-    d2v = dataclasses.replace(cfg.d2v, tau0=tau, tau_end=tau, tau_ramp_steps=0, top_k=top_k)
+    d2v = dataclasses.replace(cfg.d2v, tau0=tau, tau_end=tau, tau_ramp_steps=0, tau_init_share=0.0, top_k=top_k)
     train = dataclasses.replace(cfg.train, steps=steps, warmup_steps=min(cfg.train.warmup_steps, steps),
                                 eval_every=0, log_every=1, checkpoint_every=steps, min_target_std=0.0, seed=seed)
     return dataclasses.replace(cfg, d2v=d2v, train=train)

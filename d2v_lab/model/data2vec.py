@@ -90,6 +90,8 @@ class Data2VecConfig:
     tau0: float = 0.999              # EMA decay: tau0 -> tau_end over tau_ramp_steps updates
     tau_end: float = 0.9999
     tau_ramp_steps: int = 1000
+    tau_init_share: float = 0.0      # > 0: tau0, tau_end, tau_ramp_steps follow the run length instead, so the
+                                     # final teacher keeps this share of its initial weights (ema.derive_schedule)
 
     def __post_init__(self):
         if self.version not in (1, 2):

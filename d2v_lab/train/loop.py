@@ -28,12 +28,13 @@ import torch
 from tqdm.auto import tqdm
 
 from d2v_lab.model.data2vec import Data2Vec, Data2VecOutput
-from d2v_lab.model.ema import tau_at
+from d2v_lab.model.ema import init_shares, tau_at, tau_schedule
 
 from .checkpoint import build_model, check_compatible, read_checkpoint, save_checkpoint
 from .config import RunConfig
 from .device import autocast_for, pick_device, synchronize, tune_malloc
 from .inputs import PretrainData, pretraining_data
+from .profiles import follow_run_length
 from .runs import CHECKPOINT, CONFIG, METRICS, TOKENIZER, read_metrics
 
 
@@ -204,8 +205,11 @@ def pretrain(cfg: RunConfig, out_dir: str | Path, resume: bool = False, data: Pr
     ``resume``: continue the checkpoint in out_dir (refused if its modality or config differ).
     ``stop_after``: stop (with a checkpoint) after this many total steps, as if interrupted.
     ``callback(step, model, output)``: called after every update (e.g. to watch the teacher move).
+    The EMA schedule follows the run length where ``cfg.d2v.tau_init_share`` > 0 (``follow_run_length``);
+    the config saved and compared is that one.
     """
     tune_malloc()
+    cfg = follow_run_length(cfg)   # the EMA schedule of this run's length, before it is saved or compared
     t = cfg.train
     device = pick_device(t.device)   # refuses a missing device before anything is written
     out = Path(out_dir)
@@ -259,15 +263,17 @@ def pretrain(cfg: RunConfig, out_dir: str | Path, resume: bool = False, data: Pr
 
 def _train_steps(model, optimizer, cfg, data, device, start, end, history, ckpt_path, metrics_path, progress,
                  callback):
-    t = cfg.train
+    t, d = cfg.train, cfg.d2v
     autocast = autocast_for(t.precision, device.type)
+    # the initial weights' share of the teacher after each update, from the whole schedule (exact on resume)
+    shares = init_shares(tau_schedule(d.tau0, d.tau_end, d.tau_ramp_steps, t.steps))
     bar = tqdm(range(start, end), initial=start, total=t.steps, desc=f"pretrain {cfg.modality}",
                disable=not progress, dynamic_ncols=True)
     completed, tic, seen = start, time.perf_counter(), 0
     try:
         for step in bar:
             done = step + 1
-            lr, tau = lr_at(step, t), tau_at(step, cfg.d2v.tau0, cfg.d2v.tau_end, cfg.d2v.tau_ramp_steps)
+            lr, tau = lr_at(step, t), tau_at(step, d.tau0, d.tau_end, d.tau_ramp_steps)
             g = step_generator(t.seed, step)
             torch.manual_seed(derived_seed(t.seed, step, 3))   # dropout, drop-path, decoder noise
             x = data.train[batch_indices(step, len(data.train), t.batch_size, t.seed)]
@@ -281,7 +287,8 @@ def _train_steps(model, optimizer, cfg, data, device, start, end, history, ckpt_
             if done % t.log_every == 0 or done == t.steps:
                 now = time.perf_counter()
                 row = {"step": done, "loss": result.loss.item(), "target_std": target_std,
-                       "pred_std": result.pred_std, "tau": tau, "lr": lr, "grad_norm": out.grad_norm.item(),
+                       "pred_std": result.pred_std, "tau": tau, "teacher_init_share": float(shares[step]),
+                       "lr": lr, "grad_norm": out.grad_norm.item(),
                        "samples_per_s": seen / (now - tic), "epoch": done * t.batch_size / len(data.train)}
                 if t.eval_every and (done % t.eval_every == 0 or done == t.steps):
                     row["heldout_loss"] = heldout_loss(model, data.heldout, autocast=autocast)
@@ -297,7 +304,7 @@ def _train_steps(model, optimizer, cfg, data, device, start, end, history, ckpt_
                 raise TrainingStopped(
                     f"step {done}: target std {target_std:.4f} < {t.min_target_std}: the teacher gives "
                     f"(nearly) the same target everywhere, i.e. the representation collapsed. Try a higher "
-                    f"EMA decay (d2v.tau0/tau_end), a lower train.lr or a larger mask ratio.")
+                    f"EMA decay (a larger d2v.tau_init_share, or tau0/tau_end where it is 0), a lower train.lr or a larger mask ratio.")
             if done % t.checkpoint_every == 0 or done == end:
                 save_checkpoint(ckpt_path, cfg, done, model, optimizer)
     except KeyboardInterrupt as e:
@@ -314,6 +321,7 @@ def ensure_pretrained(cfg: RunConfig, out_dir: str | Path, progress: bool = True
     """A finished run of ``cfg`` in out_dir: reused when its checkpoint is complete, resumed when it
     is partial, trained when absent. Says which (never retrains silently); refuses a checkpoint
     made with another config rather than overwrite it."""
+    cfg = follow_run_length(cfg)   # as pretrain saves it
     out = Path(out_dir)
     ckpt = out / CHECKPOINT
     if ckpt.exists():

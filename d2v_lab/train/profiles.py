@@ -6,10 +6,12 @@ how the runs are probed and how the modalities are compared; ``preset(name)`` is
 - ``gpu``: 12 x 384, 20k steps, bf16 autocast and torch.compile (step times: docs/RESULTS.md).
 
 Paper settings (Baevski et al. 2022, 1.0 Sec. 4 / 2.0 Sec. 4) assume 100k-400k updates of a 12-layer
-model; these runs have a few thousand updates of a small one, so the EMA decay is scaled to the run
-length (a teacher that remembers ~1/(1 - tau) updates must still move within the run), and K, the
-mask ratios and the decoder are scaled to 4-8 layers and 50-128 tokens. What each number does, and
-what happens when you change it, is the subject of notebooks 01-03.
+model; these runs have a few hundred to 20k updates of a small one, so the EMA decay follows the run
+length: every profile sets ``d2v.tau_init_share = 0.01`` and takes the schedule that leaves 1% of the
+random initial weights in the final teacher (``follow_run_length``, ``ema.derive_schedule``; the paper's
+decays would leave most of them after a few hundred updates). K, the mask ratios and the decoder are
+scaled to 4-8 layers and 50-128 tokens. What each number does, and what happens when you change it,
+is the subject of notebooks 01-03.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import dataclasses
 import os
 
 from d2v_lab.model.data2vec import Data2VecConfig
+from d2v_lab.model.ema import derive_schedule
 from d2v_lab.model.masking import MaskConfig
 from d2v_lab.model.transformer import EncoderConfig
 
@@ -24,6 +27,7 @@ from .config import MODALITIES, AlignConfig, DataConfig, ProbeConfig, RunConfig,
 
 PROFILES = ("ci", "cpu", "gpu")
 ENV_VAR = "D2V_LAB_PROFILE"
+INIT_SHARE = 0.01   # of the random initial weights left in every profile's final teacher
 
 
 def default_profile() -> str:
@@ -70,15 +74,15 @@ def _ci(modality: str):
     data = DataConfig(vocab_size=1024, seq_len=64, max_examples=512) if modality == "text" else \
         DataConfig(max_examples=512)
     return (EncoderConfig(64, 2, 2),
-            dict(top_k=2, num_masks=2, decoder_dim=64, tau0=0.99, tau_end=0.999, tau_ramp_steps=20),
+            dict(top_k=2, num_masks=2, decoder_dim=64, tau_init_share=INIT_SHARE),
             TrainConfig(steps=20, batch_size=16 if modality == "text" else 32, lr=1e-3, warmup_steps=5,
                         log_every=5, eval_every=10, checkpoint_every=10), data)
 
 
 def _cpu(steps: int, batch_size: int, lr: float, data: DataConfig = DataConfig(), **d2v):
-    """6 blocks x 192 dims, data2vec 2.0 with 4 masks per sample; tau ramps over the whole run."""
+    """6 blocks x 192 dims, data2vec 2.0 with 4 masks per sample."""
     return (EncoderConfig(192, 6, 3),
-            dict(top_k=4, num_masks=4, decoder_dim=192, tau0=0.996, tau_end=0.9995, tau_ramp_steps=steps, **d2v),
+            dict(top_k=4, num_masks=4, decoder_dim=192, tau_init_share=INIT_SHARE, **d2v),
             TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=min(100, steps // 5),
                         log_every=10, eval_every=100, checkpoint_every=100), data)
 
@@ -86,7 +90,7 @@ def _cpu(steps: int, batch_size: int, lr: float, data: DataConfig = DataConfig()
 def _gpu(lr: float, data: DataConfig = DataConfig()):
     """12 blocks x 384 dims, 20k steps of 256, 8 masks per sample; bf16 and torch.compile."""
     return (EncoderConfig(384, 12, 6),
-            dict(top_k=8, num_masks=8, decoder_dim=384, tau0=0.999, tau_end=0.9999, tau_ramp_steps=10000),
+            dict(top_k=8, num_masks=8, decoder_dim=384, tau_init_share=INIT_SHARE),
             TrainConfig(steps=20000, batch_size=256, lr=lr, warmup_steps=1000, log_every=50, eval_every=1000,
                         checkpoint_every=2000, compile=True), data)
 
@@ -126,8 +130,8 @@ class Preset:
         if modality not in MODALITIES:
             raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
         encoder, d2v, train, data = _TABLE[(modality, self.name)]
-        return RunConfig(modality, self.name, encoder, paper_masking(modality, version),
-                         d2v_config(modality, version, **d2v), train, data)
+        return follow_run_length(RunConfig(modality, self.name, encoder, paper_masking(modality, version),
+                                           d2v_config(modality, version, **d2v), train, data))
 
 
 def preset(name: str | None = None) -> Preset:
@@ -141,6 +145,22 @@ def preset(name: str | None = None) -> Preset:
 def get_profile(modality: str, name: str | None = None, version: int = 2) -> RunConfig:
     """The RunConfig of ``modality`` under profile ``name`` (default: $D2V_LAB_PROFILE or 'cpu')."""
     return preset(name).run(modality, version)
+
+
+def follow_run_length(cfg: RunConfig) -> RunConfig:
+    """``cfg`` with the EMA schedule of its own run length. With ``d2v.tau_init_share`` > 0, tau0, tau_end
+    and tau_ramp_steps become ``ema.derive_schedule(train.steps, tau_init_share)``, so the final teacher
+    keeps that share of its initial weights; with 0, ``cfg`` is returned as it is (the schedule as given).
+
+    Profiles apply it, and so does ``pretrain`` before it saves or compares a config: after
+    ``--set train.steps=N`` the schedule follows N. For a schedule of your own (e.g. a constant tau),
+    set ``d2v.tau_init_share=0`` together with tau0, tau_end and tau_ramp_steps, or they are replaced.
+    """
+    if cfg.d2v.tau_init_share == 0:
+        return cfg
+    tau0, tau_end, ramp = derive_schedule(cfg.train.steps, cfg.d2v.tau_init_share)
+    return dataclasses.replace(cfg, d2v=dataclasses.replace(cfg.d2v, tau0=tau0, tau_end=tau_end,
+                                                            tau_ramp_steps=ramp))
 
 
 def with_version(cfg: RunConfig, version: int) -> RunConfig:

@@ -95,7 +95,7 @@ def test_teacher_dynamics_frozen_and_copying_teachers(image_data):
 
 def test_demo_config_constant_tau_and_no_collapse_guard():
     cfg = demo_config("text", tau=0.9, top_k=1, steps=7)
-    assert (cfg.d2v.tau0, cfg.d2v.tau_end, cfg.d2v.top_k) == (0.9, 0.9, 1)
+    assert (cfg.d2v.tau0, cfg.d2v.tau_end, cfg.d2v.tau_init_share, cfg.d2v.top_k) == (0.9, 0.9, 0.0, 1)
     assert cfg.train.steps == 7 and cfg.train.min_target_std == 0.0 and cfg.train.warmup_steps <= 7
     assert cfg.encoder == get_profile("text", "ci").encoder
 

@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from d2v_lab.model.data2vec import Backbone, Data2Vec, Data2VecConfig
-from d2v_lab.model.ema import ema_update, make_teacher, tau_at
+from d2v_lab.model.ema import (
+    derive_schedule,
+    ema_update,
+    init_share,
+    init_shares,
+    make_teacher,
+    tau_at,
+    tau_schedule,
+)
 from d2v_lab.model.masking import MaskConfig
 from d2v_lab.model.modalities import ImageAdapter
 from d2v_lab.model.targets import build_targets, normalise
@@ -52,6 +61,72 @@ def test_tau_schedule_linear_ramp_then_constant():
     assert tau_at(0, 0.9, 0.99, 0) == 0.99  # no ramp: tau_end from the first step
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         tau_at(0, 1.1, 0.99, 10)
+
+
+@pytest.mark.parametrize("tau0,tau_end,ramp", [(0.9, 0.99, 10), (0.99, 0.9, 7), (0.5, 0.5, 0), (0.3, 0.999, 40)])
+def test_tau_schedule_is_tau_at_to_the_bit(tau0, tau_end, ramp):
+    assert tau_schedule(tau0, tau_end, ramp, 30).tolist() == [tau_at(s, tau0, tau_end, ramp) for s in range(30)]
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        tau_schedule(1.5, tau_end, ramp, 30)
+
+
+def test_init_share_is_the_product_of_the_decays():
+    taus = tau_schedule(0.95, 0.995, 200, 300)
+    assert init_share(taus) == pytest.approx(math.prod(tau_at(s, 0.95, 0.995, 200) for s in range(300)), rel=1e-12)
+    running = init_shares(taus)
+    assert len(running) == 300 and running[-1] == pytest.approx(init_share(taus), rel=1e-12)
+    assert all(running[t] == pytest.approx(math.prod(taus[:t + 1]), rel=1e-12) for t in (0, 1, 57, 299))
+    assert np.all(np.diff(running) < 0)                                # every update with tau < 1 forgets
+    assert init_share([]) == 1.0 and init_share([1.0] * 10) == 1.0 and init_share([0.9, 0.0, 0.9]) == 0.0
+
+
+@pytest.mark.parametrize("dtype,steps", [(torch.float64, 300), (torch.float32, 300), (torch.float32, 20)])
+def test_init_share_is_what_ema_update_leaves_of_the_initial_teacher(dtype, steps):
+    """Sec. 3.2 unrolled: the teacher after the updates is init_share * theta_0 plus the student terms,
+    whose weights sum to 1 - init_share. A teacher at 1.0 and a student at 0 leave exactly the product;
+    a student at c adds c * (1 - product)."""
+    tau0, tau_end, ramp = derive_schedule(steps)
+    taus = tau_schedule(tau0, tau_end, ramp, steps)
+    share = init_share(taus)
+    for c in (0.0, 3.0):
+        student = torch.nn.Linear(4, 3).to(dtype)
+        teacher = torch.nn.Linear(4, 3).to(dtype).requires_grad_(False)
+        with torch.no_grad():
+            [p.fill_(c) for p in student.parameters()]
+            [p.fill_(1.0) for p in teacher.parameters()]
+        for tau in taus:
+            ema_update(teacher, student, float(tau))
+        # float32 (the teacher, or the student term, which ema_update computes in fp32): one rounding of
+        # the decay and one of the product per update, at most 2^-24 each
+        tol = 1e-12 if dtype == torch.float64 and c == 0 else 2 * steps * 2.0 ** -24 * (1 + c)
+        for p in teacher.parameters():
+            assert p.dtype == dtype
+            assert torch.allclose(p.double(), torch.full_like(p, share + c * (1 - share), dtype=torch.float64),
+                                  rtol=tol, atol=0), (p.flatten()[0].item(), share)
+
+
+@pytest.mark.parametrize("steps", [1, 6, 20, 150, 300, 500, 20_000])
+@pytest.mark.parametrize("share", [0.01, 0.1])
+def test_derived_schedule_leaves_the_asked_share_and_grows_the_memory(steps, share):
+    tau0, tau_end, ramp = derive_schedule(steps, share)
+    left = init_share(tau_schedule(tau0, tau_end, ramp, steps))
+    assert share * (1 - 1e-9) <= left <= share                        # never more than asked
+    assert ramp == steps and 0 <= tau0 < tau_end < 1                   # the linear ramp over the whole run
+    memory0, memory_end = 1 / (1 - tau0), 1 / (1 - tau_end)
+    assert memory_end / memory0 == pytest.approx(3.0)                  # the memory grows 3x
+    if steps >= 150 and share == 0.01:
+        assert 0.1 * steps < memory0 < memory_end < 0.5 * steps       # and stays a fraction of the run
+
+
+def test_derived_schedule_scales_with_the_run_and_refuses_nonsense():
+    short, long = derive_schedule(150), derive_schedule(1500)
+    assert long[0] > short[0] and long[1] > short[1]                   # a longer run affords longer memory
+    assert (1 - long[0]) * 1500 == pytest.approx((1 - short[0]) * 150, rel=0.02)   # ~ a function of t / steps
+    assert derive_schedule(300, 0.001)[1] < derive_schedule(300, 0.01)[1]          # less left: faster teacher
+    for bad in (dict(steps=0), dict(steps=10, share=0.0), dict(steps=10, share=1.0),
+                dict(steps=10, memory_ratio=0.5)):
+        with pytest.raises(ValueError):
+            derive_schedule(**bad)
 
 
 # --- ema_update ---------------------------------------------------------------------------------------
