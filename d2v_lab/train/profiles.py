@@ -53,7 +53,10 @@ def paper_masking(modality: str, version: int) -> MaskConfig:
         return MaskConfig("block", 0.6, min_block=4) if version == 1 else MaskConfig("inverse_block", 0.8, block=3)
     if modality == "text":  # 1.0: BERT 15% (+80/10/10 in the adapter); 2.0: 48% random tokens
         return MaskConfig("random", 0.15) if version == 1 else MaskConfig("random", 0.48)
-    # speech: 1.0 spans p=0.065, L=10 (49%); 2.0 p=0.5 spans of 5 (fairseq v2 audio: mask_prob 0.5, length 5)
+    # speech: 1.0 spans p=0.065, L=10 (49%); 2.0 spans of 5 masking exactly 50%. fairseq's v2 audio recipe
+    # (mask_prob 0.5, length 5) masks less than it says: ~42% per row, ~26% after require_same_masks cuts
+    # 256 rows to their minimum (model/data2vec.py). A cls_loss copied from fairseq must be multiplied by
+    # its rows per GPU to mean the same here.
     return MaskConfig("span", 0.49, span=10) if version == 1 else MaskConfig("span", 0.5, span=5)
 
 
