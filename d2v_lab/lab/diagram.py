@@ -1,7 +1,7 @@
 """The method picture: one data2vec training step as boxes and arrows, drawn with matplotlib.
 
-``draw_data2vec(version)`` draws data2vec 1.0 or 2.0 (Baevski et al. 2022, Fig. 1 of 1.0 and Fig. 1 of
-2.0): the input, masked, goes through the student and its decoder (2.0) or regression head (1.0) to
+``draw_data2vec(version)`` draws data2vec 1.0 or 2.0 (Baevski et al. 2022, Sec. 3 of both papers):
+the input, masked, goes through the student and its decoder (2.0) or regression head (1.0) to
 predictions at the masked positions; the same input, unmasked, goes through the EMA teacher, whose
 top-K blocks' FFN outputs are normalised per block and averaged into the targets; the loss compares
 the two at the masked positions only; and the teacher follows the student by an exponential moving
