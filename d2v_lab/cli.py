@@ -12,7 +12,7 @@ from d2v_lab.data.download import DATASETS, ensure_dataset
 from d2v_lab.data.root import data_root
 from d2v_lab.evaluate.probe import run_probe
 from d2v_lab.lab.figures import save_alignment_figures, save_probe_figure
-from d2v_lab.lab.report import summary_table
+from d2v_lab.lab.report import discrimination_line, summary_table
 from d2v_lab.lab.tour import run_tour
 from d2v_lab.train.checkpoint import CheckpointError
 from d2v_lab.train.config import MODALITIES
@@ -92,6 +92,7 @@ def cmd_probe(args) -> int:
         if r.supervised:
             print(f"  supervised (same architecture, {r.supervised['epochs']} epochs): "
                   f"{100 * r.supervised_accuracy:.1f}%")
+        print(f"  {discrimination_line(r)}")
         sel = r.selected["pretrained"]
         print(f"  best layer on validation: {sel['layer']} ({sel['pool']} pooling)")
     print(f"\nwrote {args.checkpoint}/{PROBE_JSON} and {PROBE_PNG}")

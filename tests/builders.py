@@ -89,13 +89,16 @@ def write_fsdd(root: Path, speakers=("alice", "bob", "carol"), takes=2) -> Path:
 
 def task_result(task="cifar10", modality="image", chance=0.1, linear=(0.5, 0.3, 0.3), knn=(0.4, 0.2, 0.2),
                 supervised=None, n_test=100, note="", layer=2, pool="mean"):
-    """A TaskResult: ``linear`` / ``knn`` = (pretrained, random_init, raw_input); ``supervised`` an accuracy."""
-    from d2v_lab.evaluate.results import Scores, TaskResult
+    """A TaskResult: ``linear`` / ``knn`` = (pretrained, random_init, raw_input); ``supervised`` an
+    accuracy, from which the discrimination check follows as run_probe computes it."""
+    from d2v_lab.evaluate.results import Scores, TaskResult, discrimination
+    discriminates, margin = discrimination(supervised, linear[1])
     return TaskResult(modality=modality, task=task, checkpoint="run", n_train=10 * n_test, n_val=n_test,
                       n_test=n_test, chance=chance, majority=chance, classes=["a", "b"], linear=Scores(*linear),
                       knn=Scores(*knn), knn_k=10, supervised=None if supervised is None else {"accuracy": supervised,
                                                                                              "epochs": 1},
-                      selected={"pretrained": {"layer": layer, "pool": pool}}, per_layer=[], pool=pool, note=note)
+                      selected={"pretrained": {"layer": layer, "pool": pool}}, per_layer=[], pool=pool, note=note,
+                      discriminates=discriminates, discrimination_margin=margin)
 
 
 def pair_result(**sections):

@@ -1,11 +1,15 @@
 """Linear and k-NN probes: did self-supervised pretraining make the classes decodable, and how much?
 
-The encoder is frozen; features are pooled per layer (mean over tokens; text also its [CLS] token).
-Every choice (layer, pooling, regularisation C) is made on a VALIDATION split; the test split is only
-ever scored, once, with the chosen setting. Baselines go through the exact same probe:
-  random_init  the same architecture with random weights (what the architecture gives for free),
-  raw_input    the input itself (pixels / flattened log-mel / bag of BPE tokens),
+Three feature sources go through ONE readout (``features.py``): the pretrained encoder, the same
+architecture with random weights (what the architecture gives for free), and the raw input cut into
+the model's tokens (what the input alone gives). Each is pooled the same ways (mean; contiguous
+segments, which keep coarse order; [CLS] where a model has one) at every layer it has, and for each
+source the pool, the layer and the regularisation C are chosen on a VALIDATION split; the test split
+is only ever scored, once, with the chosen setting.
   supervised   for context: the same architecture trained end to end on the labels (``supervised.py``).
+               It also checks the task: if it does not beat its random init by >= 15 points
+               (``results.discrimination``), the task cannot tell a good encoder from a random one
+               and is reported as such rather than used as evidence.
 The tasks and their splits are in ``tasks.py``.
 """
 from __future__ import annotations
@@ -27,8 +31,8 @@ from d2v_lab.train.profiles import preset
 from d2v_lab.train.runs import CHECKPOINT, PROBE_JSON, is_fresh, read_run_config
 
 from . import tasks
-from .features import layer_features, standardise
-from .results import ProbeResult, Scores, TaskResult
+from .features import READOUT, RawInput, layer_features, standardise
+from .results import ProbeResult, Scores, TaskResult, discrimination
 from .supervised import train_supervised
 
 C_GRID = (0.001, 0.01, 0.1, 1.0)
@@ -126,26 +130,31 @@ def probe_features(feats: dict[str, dict[str, np.ndarray]], labels: dict[str, np
     return {"linear": best["test"], "knn": knn, "selected": best, "rows": rows}
 
 
-def probe_raw(raw: dict[str, np.ndarray], labels: dict[str, np.ndarray], k: int = 20) -> dict:
-    feats = {s: {"raw": raw[s][None]} for s in raw}
-    return probe_features(feats, labels, k)
-
-
-def probe_model(model, data, k: int = 20, device="cpu", progress: bool = True) -> dict:
+def probe_backbone(backbone, data, k: int = 20, device="cpu", progress: bool = True) -> dict:
+    """``probe_features`` of one feature source: a model's backbone (``model.student``) or
+    ``RawInput(adapter)``, both read out by ``layer_features``."""
     feats = {}
     for split in tqdm(("train", "val", "test"), desc=f"features {data.task}", disable=not progress, leave=False):
-        feats[split] = layer_features(model.student, data.inputs[split], device=device)
+        feats[split] = layer_features(backbone, data.inputs[split], device=device)
     return probe_features(feats, data.labels, k)
 
 
+def feature_sources(model, random_model) -> dict:
+    """The three sources every task compares, as backbones for the one readout."""
+    return {"pretrained": model.student, "random_init": random_model.student,
+            "raw_input": RawInput(model.student.adapter)}
+
+
 def probe_tasks(modality: str, cfg, tokenizer=None, root=None, max_train: int = 0, progress: bool = True):
-    """The probe tasks of a modality, main task first."""
+    """The probe tasks of a modality, main task first. Audio: keyword spotting on 27 unseen speakers
+    is the main task (FSDD's test split is a single voice)."""
     if modality == "image":
         return [tasks.cifar_task(root, max_train=max_train or None)]
     if modality == "text":
         # the probe's training stories are at most those the model could pretrain on
         return [tasks.concept_task(tokenizer, cfg.data.seq_len, root, max_stories=cfg.data.max_stories)]
-    return [tasks.fsdd_task(root, progress).limit_train(max_train), tasks.speech_commands_task(root, progress)]
+    return [tasks.keyword_task(root, progress).limit_train(max_train),
+            tasks.fsdd_task(root, progress).limit_train(max_train)]
 
 
 def run_probe(run_dir, root=None, probe_cfg: ProbeConfig | None = None, supervised: bool = True,
@@ -164,12 +173,13 @@ def run_probe(run_dir, root=None, probe_cfg: ProbeConfig | None = None, supervis
     random_model = build_model(cfg).eval()  # same architecture, never trained
     results = []
     for data in probe_tasks(cfg.modality, cfg, tok, root, probe_cfg.max_train, progress):
-        pre = probe_model(model, data, probe_cfg.knn_k, device=device, progress=progress)
-        rnd = probe_model(random_model, data, probe_cfg.knn_k, device=device, progress=progress)
-        raw = probe_raw(data.raw, data.labels, probe_cfg.knn_k)
+        probed = {name: probe_backbone(backbone, data, probe_cfg.knn_k, device=device, progress=progress)
+                  for name, backbone in feature_sources(model, random_model).items()}
+        pre, rnd, raw = probed["pretrained"], probed["random_init"], probed["raw_input"]
         epochs = (probe_cfg.supervised_epochs.get(cfg.modality, 0) if supervised_epochs is None
                   else supervised_epochs) if supervised else 0
         sup = train_supervised(cfg, data, epochs, device=device, progress=progress) if epochs else None
+        discriminates, margin = discrimination(sup["accuracy"] if sup else None, rnd["linear"])
         pool = pre["selected"]["pool"]
         per_layer = [{"layer": r["layer"], "pretrained": r["test"], "pretrained_val": r["val"],
                       "random_init": q["test"], "random_init_val": q["val"]}
@@ -182,17 +192,18 @@ def run_probe(run_dir, root=None, probe_cfg: ProbeConfig | None = None, supervis
             classes=list(data.classes),
             linear=Scores(pre["linear"], rnd["linear"], raw["linear"]),
             knn=Scores(pre["knn"], rnd["knn"], raw["knn"]), knn_k=probe_cfg.knn_k,
-            supervised=sup, selected={"pretrained": pre["selected"], "random_init": rnd["selected"]},
-            per_layer=per_layer, pool=pool, note=data.note, counts=data.counts))
-    result = ProbeResult(results, dataclasses.asdict(probe_cfg), str(data_root(root)))
+            supervised=sup, selected={name: p["selected"] for name, p in probed.items()},
+            per_layer=per_layer, pool=pool, note=data.note, counts=data.counts,
+            discriminates=discriminates, discrimination_margin=margin))
+    result = ProbeResult(results, {**dataclasses.asdict(probe_cfg), "readout": READOUT}, str(data_root(root)))
     (run_dir / PROBE_JSON).write_text(json.dumps(result.to_json(), indent=2))
     return result
 
 
 def cached_probe(run_dir, root=None, progress: bool = True, log=print) -> ProbeResult:
     """probe.json of a run when it is newer than the checkpoint it measured and was made the same way
-    (the supervised reference trained for the profile's epochs, on the same data root), else a fresh
-    run_probe."""
+    (the same readout, the supervised reference trained for the profile's epochs, on the same data
+    root), else a fresh run_probe."""
     run_dir = Path(run_dir)
     cached = run_dir / PROBE_JSON
     if is_fresh(cached, [run_dir / CHECKPOINT]):
@@ -200,7 +211,8 @@ def cached_probe(run_dir, root=None, progress: bool = True, log=print) -> ProbeR
         run = read_run_config(run_dir)
         wanted = preset(run["profile"]).probe.supervised_epochs.get(run["modality"], 0)
         made = (result.main.supervised or {}).get("epochs", 0)
-        if made == wanted and result.data_root == str(data_root(root)):
+        same_readout = result.probe_config.get("readout") == READOUT
+        if made == wanted and result.data_root == str(data_root(root)) and same_readout:
             log(f"reusing {cached} (newer than its checkpoint)")
             return result
     return run_probe(run_dir, root, progress=progress)

@@ -5,6 +5,19 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+DISCRIMINATION_MARGIN = 0.15   # supervised minus random init, in accuracy, for a task to count as evidence
+
+
+def discrimination(supervised: float | None, random_init: float) -> tuple[bool | None, float | None]:
+    """(discriminates, margin): can this task tell a good encoder from a random one? The same network
+    trained with labels (the supervised reference) must beat its random init, read out by the linear
+    probe, by >= ``DISCRIMINATION_MARGIN``; margin = supervised - random init (test accuracies).
+    (None, None) without a supervised reference: then it is not known."""
+    if supervised is None:
+        return None, None
+    margin = supervised - random_init
+    return margin >= DISCRIMINATION_MARGIN - 1e-12, margin
+
 
 @dataclass(frozen=True)
 class Scores:
@@ -34,11 +47,15 @@ class TaskResult:
     knn: Scores
     knn_k: int
     supervised: dict | None      # {"accuracy", "val_accuracy", "best_epoch", "epochs", ...} or None
-    selected: dict               # {"pretrained": {"pool", "layer", "test", "val", "C"}, "random_init": ...}
+    selected: dict               # {"pretrained": {"pool", "layer", "test", "val", "C"}, "random_init": ..., "raw_input": ...}
     per_layer: list[dict]        # [{"layer", "pretrained", "pretrained_val", "random_init", "random_init_val"}]
     pool: str
     note: str = ""
     counts: dict = field(default_factory=dict)
+    # can the task tell a good encoder from a random one (see ``discrimination``)? None: not measured
+    # (no supervised reference, or a probe.json written before this check existed)
+    discriminates: bool | None = None
+    discrimination_margin: float | None = None
 
     @property
     def supervised_accuracy(self) -> float | None:

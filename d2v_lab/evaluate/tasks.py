@@ -1,13 +1,18 @@
-"""Probe tasks: labelled model inputs per split, plus the raw-input baseline features.
+"""Probe tasks: labelled model inputs per split.
 
 Every task has train / val / test splits; the test split is scored, never fitted or tuned on.
-  cifar10               CIFAR-10, 10 classes: train split minus a stratified validation tenth; test_batch.
-  fsdd_digits           FSDD spoken digits, 10 classes: test = the held-out speaker (also unseen in
-                        pretraining), val = another speaker, train = the rest.
-  speechcommands_words  Speech Commands' official lists; with ~6 clips per word it is reported, but it
-                        is not a benchmark.
-  tinystories_concepts  "Who is it about": stories that mention exactly one concept, every mention
-                        replaced by [MASK]; the label is the concept.
+  cifar10                  CIFAR-10, 10 classes: train split minus a stratified validation tenth; test_batch.
+  speechcommands_keywords  Speech Commands keyword spotting, 11 classes: the ten keywords yes, no, up,
+                           down, left, right, on, off, stop, go, and "unknown" (every other word); the
+                           standard 12-class task without "silence". The newest version's (v0.02's)
+                           training / validation / testing lists, which are speaker-disjoint: the test
+                           speakers are unseen in probing and in pretraining. The audio main task.
+  fsdd_digits              FSDD spoken digits, 10 classes: test = the held-out speaker (also unseen in
+                           pretraining), val = another speaker, train = the rest.
+  tinystories_concepts     "Who is it about": stories that mention exactly one concept, every mention
+                           replaced by [MASK]; the label is the concept.
+The raw-input baseline is not built here: the probe derives it from the inputs, read out exactly as
+the models' features are (``features.RawInput``).
 """
 from __future__ import annotations
 
@@ -21,21 +26,27 @@ from tokenizers import Tokenizer
 
 from d2v_lab.data import load_cifar10, load_fsdd, load_speech_commands, load_stories
 from d2v_lab.data.concepts import CONCEPT_WORDS, concepts_in, mask_concept
+from d2v_lab.data.speech_commands import find_speech_commands
 from d2v_lab.data.tokenizer import MASK_ID, SPECIAL_TOKENS, padded_row
-from d2v_lab.train.inputs import audio_inputs
+from d2v_lab.train.inputs import audio_inputs, fsdd_speaker_splits
 
 SPLITS = ("train", "val", "test")
+KEYWORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
+UNKNOWN = "unknown"
 
 
 @dataclass
 class ProbeData:
-    """One probe task: model inputs, labels and raw-input baseline features per split."""
+    """One probe task: model inputs and labels per split.
+
+    ``raw`` is not used by the probe any more (it reads the raw input out of ``inputs``, as it reads
+    the models); it is kept, optional, so task builders that still pass flat raw features work."""
     task: str
     modality: str
     classes: tuple[str, ...]
     inputs: dict[str, torch.Tensor]
     labels: dict[str, np.ndarray]
-    raw: dict[str, np.ndarray]
+    raw: dict[str, np.ndarray] = field(default_factory=dict)
     note: str = ""
     counts: dict = field(default_factory=dict)
 
@@ -48,7 +59,7 @@ class ProbeData:
             return self
         keep = np.sort(train_test_split(np.arange(self.n("train")), train_size=n, random_state=seed,
                                         stratify=self.labels["train"])[0])
-        pick = lambda d: {**d, "train": d["train"][keep]}  # noqa: E731
+        pick = lambda d: {**d, "train": d["train"][keep]} if d else d  # noqa: E731
         return dataclasses.replace(self, inputs=pick(self.inputs), labels=pick(self.labels), raw=pick(self.raw),
                                    note=(self.note + "; " if self.note else "") + f"training set limited to {n}")
 
@@ -68,38 +79,51 @@ def cifar_task(root=None, val_fraction: float = 0.1, seed: int = 0, max_train: i
     tr, va = _stratified_split(len(labels), labels, val_fraction, seed)
     x = {"train": images[tr], "val": images[va], "test": test.images}
     y = {"train": labels[tr], "val": labels[va], "test": test.labels}
-    return ProbeData("cifar10", "image", train.classes, {k: torch.from_numpy(v) for k, v in x.items()}, y,
-                     {k: v.reshape(len(v), -1).astype(np.float32) / 255.0 for k, v in x.items()})
+    return ProbeData("cifar10", "image", train.classes, {k: torch.from_numpy(v) for k, v in x.items()}, y)
 
 
-def _audio_task(task: str, parts: dict, classes, note: str, progress: bool) -> ProbeData:
+def _audio_task(task: str, parts: dict, classes, note: str, progress: bool, counts: dict) -> ProbeData:
     inputs = {k: audio_inputs(c, progress) for k, c in parts.items()}
     return ProbeData(task, "audio", tuple(classes), inputs, {k: c.labels for k, c in parts.items()},
-                     {k: v.flatten(1).numpy() for k, v in inputs.items()}, note,
-                     {k: sorted(set(c.speakers)) for k, c in parts.items()})
+                     note=note, counts=counts)
 
 
 def fsdd_task(root=None, progress: bool = True) -> ProbeData:
-    """Speaker-disjoint splits: test = the held-out speaker (as in pretraining), validation = the last
-    of the remaining speakers, train = the others."""
-    train_all = load_fsdd("train", root)
-    speakers = sorted(set(train_all.speakers))
-    if len(speakers) < 2:
-        raise ValueError(f"FSDD needs >= 3 speakers for train/val/test probes, found {speakers} + test")
-    val_speaker = speakers[-1]
-    is_val = np.array([s == val_speaker for s in train_all.speakers])
-    parts = {"train": train_all.subset(np.flatnonzero(~is_val)), "val": train_all.subset(np.flatnonzero(is_val)),
-             "test": load_fsdd("test", root)}
-    return _audio_task("fsdd_digits", parts, train_all.classes, "test speaker unseen in pretraining and probing",
-                       progress)
+    """Speaker-disjoint splits (``fsdd_speaker_splits``, the rule pretraining follows too): test = the
+    held-out speaker, validation = the last of the remaining speakers, train = the others. Pretraining
+    reads only the train speakers."""
+    speakers = fsdd_speaker_splits(root)
+    clips = load_fsdd("all", root)
+    parts = {split: clips.subset([i for i, s in enumerate(clips.speakers) if s in speakers[split]])
+             for split in SPLITS}
+    return _audio_task("fsdd_digits", parts, clips.classes,
+                       "test speaker unseen in pretraining and probing; one test voice", progress, speakers)
 
 
-def speech_commands_task(root=None, progress: bool = True) -> ProbeData:
-    parts = {"train": load_speech_commands("training", root), "val": load_speech_commands("validation", root),
-             "test": load_speech_commands("testing", root)}
-    n = len(parts["train"]) / max(1, len(parts["train"].classes))
-    return _audio_task("speechcommands_words", parts, parts["train"].classes,
-                       f"only {n:.1f} training clips per word: far too few to be a benchmark", progress)
+def keyword_clips(root=None, version: str | None = None) -> dict:
+    """{"train", "val", "test"}: the Speech Commands clips of the official training / validation /
+    testing lists (newest version unless ``version``), labelled with ``KEYWORDS`` + ("unknown",):
+    a keyword's own index, or 10 for any other word."""
+    parts = {}
+    for split, official in zip(SPLITS, ("training", "validation", "testing")):
+        c = load_speech_commands(official, root, version=version)
+        word = np.array(c.classes)[c.labels]
+        labels = np.array([KEYWORDS.index(w) if w in KEYWORDS else len(KEYWORDS) for w in word], dtype=np.int64)
+        parts[split] = dataclasses.replace(c, labels=labels, classes=KEYWORDS + (UNKNOWN,))
+    return parts
+
+
+def keyword_task(root=None, progress: bool = True, version: str | None = None) -> ProbeData:
+    """Keyword spotting on unseen speakers, 11 classes (the ten keywords and "unknown"); see
+    ``keyword_clips``. ``counts`` has the version, clips per class and speakers per split."""
+    parts = keyword_clips(root, version)
+    classes = parts["train"].classes
+    counts = {"version": find_speech_commands(root, version=version).name.removeprefix("speech_commands_"),
+              "clips_per_class": {k: np.bincount(c.labels, minlength=len(classes)).tolist() for k, c in parts.items()},
+              "speakers": {k: len(set(c.speakers)) for k, c in parts.items()}}
+    return _audio_task("speechcommands_keywords", parts, classes,
+                       "ten keywords + unknown; speakers of the test split unseen in pretraining and probing",
+                       progress, counts)
 
 
 def concept_windows(stories: list[str], tok: Tokenizer, seq_len: int, concepts=tuple(CONCEPT_WORDS)):

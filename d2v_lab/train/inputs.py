@@ -4,10 +4,16 @@ image: uint8 (N, 3, 32, 32) pixels;  text: int64 (N, seq_len) BPE ids;  audio: f
 Pretraining uses training splits only; each modality also gets a held-out set for the held-out
 masked-prediction loss (never used for any update): CIFAR-10 test images, TinyStories "valid" stories,
 and for audio Speech Commands' testing clips plus FSDD's held-out speaker.
+
+Audio pretrains on every audio training clip there is: the training split of each Speech Commands
+version (v0.02 and v0.01) and FSDD's training speakers, each distinct recording once (SHA-256 of the
+file bytes), and nothing of a validation or testing split, nor of a speaker the probes test on.
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -17,6 +23,7 @@ from tqdm.auto import tqdm
 from d2v_lab.data import ClipSet, LogMelConfig, load_cifar10, load_fsdd, load_speech_commands, load_stories, log_mel
 from d2v_lab.data.fsdd import find_fsdd
 from d2v_lab.data.root import DatasetNotFound
+from d2v_lab.data.speech_commands import versions_found
 from d2v_lab.data.tokenizer import CLS_ID, SPECIAL_TOKENS, load_tokenizer, pack_windows
 
 from .config import RunConfig
@@ -57,28 +64,136 @@ def _has_fsdd(root) -> bool:
         return False
 
 
+HELDOUT_CLIPS = 512   # the held-out loss reads at most this many inputs (every modality)
+
+
+def file_digest(path) -> str:
+    """SHA-256 of a file's bytes: the same recording saved under two names has one digest."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def fsdd_speaker_splits(root=None) -> dict[str, list[str]]:
+    """FSDD's speakers by role, one rule for pretraining and the probe (so they cannot disagree):
+    test = the held-out speaker (``load_fsdd``'s, the alphabetically last), val = the last of the
+    others (the probe's validation voice), train = the rest."""
+    test = sorted(set(load_fsdd("test", root).speakers))
+    others = sorted(set(load_fsdd("train", root).speakers))
+    if len(others) < 2:
+        raise ValueError(f"FSDD needs >= 3 speakers (train, validation and test voices), found {others} + {test}")
+    return {"train": others[:-1], "val": others[-1:], "test": test}
+
+
+def _speaker_subset(clips: ClipSet, speakers) -> ClipSet:
+    return clips.subset([i for i, s in enumerate(clips.speakers) if s in set(speakers)])
+
+
+@dataclass
+class AudioClips:
+    """What audio pretraining reads, before any wav is decoded: named parts of the training and the
+    held-out clips, and the record of how they were chosen (``PretrainData.sources``)."""
+    train: list[tuple[str, ClipSet]]
+    heldout: list[tuple[str, ClipSet]]
+    record: dict
+
+
+def _spread(n: int, m: int) -> np.ndarray:
+    """min(n, m) distinct indices in [0, n), evenly spread (every part of a concatenation is sampled)."""
+    return np.arange(n) if n <= m else (np.arange(m) * n) // m
+
+
+def audio_pretraining_clips(root=None, use_fsdd: bool = True, max_heldout: int = HELDOUT_CLIPS) -> AudioClips:
+    """Training clips: the training split of every Speech Commands version found (v0.02, then v0.01)
+    and, with ``use_fsdd``, FSDD's training speakers (not the probe's validation or test voice).
+    Held-out clips (the held-out loss only): the newest version's testing split and FSDD's test speaker,
+    at most ``max_heldout`` spread over both.
+
+    Left out of training, and counted in ``record["dropped"]``:
+      duplicate          a byte-identical copy of a clip already taken (v0.02 has 37 in its training
+                         split; a clip in two versions is taken once, from the newest);
+      copy_of_held_out   byte-identical to a validation or testing clip of any version, or to a clip
+                         of FSDD's validation or test speaker;
+      held_out_speaker   a Speech Commands speaker who has a clip in any version's validation or
+                         testing split: the keyword probe's speakers stay unseen in pretraining.
+    """
+    versions = versions_found(root) or [None]            # none found: the loader says where it looked
+    held_digests, held_speakers = set(), set()
+    for v in versions:
+        for split in ("validation", "testing"):
+            clips = load_speech_commands(split, root, version=v)
+            held_digests.update(file_digest(p) for p in clips.paths)
+            held_speakers.update(clips.speakers)
+    candidates = [(f"speechcommands_{v}/training", load_speech_commands("training", root, version=v))
+                  for v in versions]
+    heldout = [(f"speechcommands_{versions[0]}/testing", load_speech_commands("testing", root, version=versions[0]))]
+    fsdd = use_fsdd and _has_fsdd(root)
+    if fsdd:
+        roles, clips = fsdd_speaker_splits(root), load_fsdd("all", root)
+        for role in ("val", "test"):
+            held_digests.update(file_digest(p) for p in _speaker_subset(clips, roles[role]).paths)
+        candidates.append(("fsdd/train speakers", _speaker_subset(clips, roles["train"])))
+        heldout.append(("fsdd/test speaker", _speaker_subset(clips, roles["test"])))
+
+    seen, dropped, train = set(), {"duplicate": 0, "copy_of_held_out": 0, "held_out_speaker": 0}, []
+    for name, clips in candidates:
+        keep = []
+        for i, (path, speaker) in enumerate(zip(clips.paths, clips.speakers)):
+            digest = file_digest(path)
+            reason = ("copy_of_held_out" if digest in held_digests else
+                      "held_out_speaker" if name.startswith("speechcommands") and speaker in held_speakers else
+                      "duplicate" if digest in seen else None)
+            if reason:
+                dropped[reason] += 1
+            else:
+                seen.add(digest)
+                keep.append(i)
+        train.append((name, clips.subset(keep)))
+
+    # held-out: distinct clips only (v0.02's testing split holds 21 copies), then an even spread
+    distinct, seen_held = [], set()
+    for name, clips in heldout:
+        keep = []
+        for i, path in enumerate(clips.paths):
+            digest = file_digest(path)
+            if digest not in seen_held:
+                seen_held.add(digest)
+                keep.append(i)
+        distinct.append((name, clips.subset(keep)))
+    sizes = np.cumsum([0] + [len(c) for _, c in distinct])
+    pick = _spread(int(sizes[-1]), max_heldout)
+    heldout = [(name, clips.subset(pick[(pick >= lo) & (pick < hi)] - lo))
+               for (name, clips), lo, hi in zip(distinct, sizes[:-1], sizes[1:])]
+    record = {"train": " + ".join(name for name, _ in train),
+              "heldout": " + ".join(name for name, _ in heldout),
+              "train_clips": {name: len(c) for name, c in train},
+              "heldout_clips": {name: len(c) for name, c in heldout},
+              "dropped": dropped}
+    if fsdd:
+        record["fsdd_speakers"] = roles
+    return AudioClips(train, heldout, record)
+
+
 def pretraining_data(cfg: RunConfig, root=None, progress: bool = True) -> PretrainData:
+    """Training and held-out inputs of ``cfg``'s modality; ``sources`` records what went in.
+    ``cfg.data.max_examples`` keeps the first N training examples (audio: before any wav is read)."""
     if cfg.modality == "image":
         train, _ = image_inputs("train", root)
         heldout, _ = image_inputs("test", root)
-        data = PretrainData(train, heldout[:512], sources={"train": "cifar10/train", "heldout": "cifar10/test"})
+        data = PretrainData(train, heldout[:HELDOUT_CLIPS], sources={"train": "cifar10/train", "heldout": "cifar10/test"})
     elif cfg.modality == "text":
         tok = load_tokenizer(root, cfg.data.vocab_size, max_stories=cfg.data.max_stories)
         train = pack_windows(load_stories("train", root)[: cfg.data.max_stories], tok, cfg.data.seq_len)
         heldout = pack_windows(load_stories("valid", root), tok, cfg.data.seq_len)
-        data = PretrainData(train, heldout[:512], tok, {"train": "tinystories/train", "heldout": "tinystories/valid"})
+        data = PretrainData(train, heldout[:HELDOUT_CLIPS], tok,
+                            {"train": "tinystories/train", "heldout": "tinystories/valid"})
     else:
-        parts = [load_speech_commands("training", root), load_speech_commands("validation", root)]
-        held = [load_speech_commands("testing", root)]
-        names = ["speechcommands/training+validation"]
-        if cfg.data.use_fsdd and _has_fsdd(root):
-            parts.append(load_fsdd("train", root))
-            held.append(load_fsdd("test", root))
-            names.append("fsdd/train speakers")
+        clips = audio_pretraining_clips(root, cfg.data.use_fsdd)
+        parts, budget = [], cfg.data.max_examples or sum(len(c) for _, c in clips.train)
+        for _, c in clips.train:              # the first max_examples clips, without reading the rest
+            parts.append(c.subset(np.arange(min(len(c), budget))))
+            budget -= len(parts[-1])
         train = torch.cat([audio_inputs(c, progress) for c in parts])
-        heldout = torch.cat([audio_inputs(c, progress) for c in held])
-        data = PretrainData(train, heldout[:512], sources={"train": " + ".join(names),
-                                                           "heldout": "speechcommands/testing + fsdd/test speaker"})
+        heldout = torch.cat([audio_inputs(c, progress) for _, c in clips.heldout])
+        data = PretrainData(train, heldout, sources=clips.record)
     if cfg.data.max_examples:
         data.train = data.train[: cfg.data.max_examples]
     data.sources.update(n_train=len(data.train), n_heldout=len(data.heldout))

@@ -20,14 +20,23 @@ from d2v_lab.data.concepts import CONCEPT_WORDS, concept_pattern, concepts_in
 from d2v_lab.data.root import data_root
 from d2v_lab.data.tokenizer import CLS_ID, MASK_ID, PAD_ID, load_tokenizer, train_bpe
 from d2v_lab.evaluate import probe as probe_mod
+from d2v_lab.evaluate.features import POOLS, READOUT, SEGMENTS
 from d2v_lab.evaluate.probe import fit_logistic, knn_accuracy, layer_features, linear_probe, probe_features, run_probe
-from d2v_lab.evaluate.results import ProbeResult
-from d2v_lab.evaluate.tasks import cifar_task, concept_task, concept_windows, fsdd_task
+from d2v_lab.evaluate.results import DISCRIMINATION_MARGIN, ProbeResult, discrimination
+from d2v_lab.evaluate.tasks import (
+    KEYWORDS,
+    cifar_task,
+    concept_task,
+    concept_windows,
+    fsdd_task,
+    keyword_clips,
+    keyword_task,
+)
 from d2v_lab.train.checkpoint import CHECKPOINT, build_model
 from d2v_lab.train.loop import pretrain
 from d2v_lab.train.profiles import get_profile, preset
 
-from builders import task_result, write_cifar, write_stories
+from builders import task_result, write_cifar, write_speech_commands, write_stories
 
 
 def features_fp32(backbone, x, **kw):
@@ -274,9 +283,10 @@ def test_layer_features_shapes(modality, x):
     model = build_model(cfg)
     feats = features_fp32(model.student, x(torch.Generator().manual_seed(0)), batch_size=2)
     L, D = cfg.encoder.depth, cfg.encoder.dim
-    assert set(feats) == ({"mean", "cls"} if modality == "text" else {"mean"})
-    for f in feats.values():
-        assert f.shape == (L + 1, 5, D) and np.isfinite(f).all()
+    assert set(feats) == ({"mean", "segments", "cls"} if modality == "text" else {"mean", "segments"})
+    for name, f in feats.items():
+        width = SEGMENTS * D if name == "segments" else D
+        assert f.shape == (L + 1, 5, width) and np.isfinite(f).all()
     assert not np.allclose(feats["mean"][0], feats["mean"][-1])        # layer 0 is the input, not a copy
 
 
@@ -346,10 +356,10 @@ def test_cifar_task_splits_are_disjoint_stratified_and_test_is_test_batch(cifar_
     assert np.bincount(data.labels["train"], minlength=10).tolist() == [18] * 10
     np.testing.assert_array_equal(data.inputs["test"].numpy(), test.images)
     np.testing.assert_array_equal(data.labels["test"], test.labels)
-    # labels travel with their images, and the raw baseline is the same images in [0, 1]
+    # labels travel with their images; the raw baseline is read out of the inputs by the probe
     lookup = {im.tobytes(): lab for im, lab in zip(train.images, train.labels)}
     assert all(lookup[im.tobytes()] == lab for im, lab in zip(va, data.labels["val"]))
-    np.testing.assert_allclose(data.raw["val"], va.reshape(len(va), -1) / 255.0)
+    assert data.raw == {}
 
     capped = cifar_task(cifar_root, max_train=100)
     assert capped.n("train") + capped.n("val") == 100
@@ -373,6 +383,84 @@ def test_fsdd_task_is_speaker_disjoint_with_the_held_out_speaker_as_test(fake_ro
     assert spk["val"] == ["bob"] and spk["train"] == ["alice"]
     np.testing.assert_array_equal(data.labels["test"], load_fsdd("test").labels)
     assert data.inputs["train"].shape == (20, 64, 100) and data.n("val") == 20 and data.n("test") == 20
+
+
+def keyword_root(root: Path) -> Path:
+    """v0.02 with three keywords and two other words (speakers aaa, bbb train; ccc val; ddd test),
+    and a v0.01 folder beside it that the keyword task must not read."""
+    write_speech_commands(root, words=("yes", "no", "up", "cat", "dog"), version="speech_commands_v0.02")
+    write_speech_commands(root, words=("yes", "bed"), version="speech_commands_v0.01")
+    return root
+
+
+def test_keyword_task_has_eleven_classes_with_every_other_word_unknown(tmp_path):
+    root = keyword_root(tmp_path / "data")
+    data = keyword_task(root, progress=False)
+    assert data.task == "speechcommands_keywords" and data.modality == "audio"
+    assert data.classes == KEYWORDS + ("unknown",) and len(data.classes) == 11
+    one = [1, 1, 1] + [0] * 7
+    assert data.counts["clips_per_class"] == {"train": [2 * n for n in one] + [4], "val": one + [2],
+                                              "test": one + [2]}
+    assert data.counts["version"] == "v0.02" and data.counts["speakers"] == {"train": 2, "val": 1, "test": 1}
+    assert data.inputs["train"].shape == (10, 64, 100) and data.n("val") == data.n("test") == 5
+    # each label is its clip's word (a keyword) or "unknown", and the splits are the official lists
+    clips = keyword_clips(root)
+    for split, c in clips.items():
+        np.testing.assert_array_equal(data.labels[split], c.labels)
+        words = [p.parent.name for p in c.paths]
+        assert [data.classes[i] for i in c.labels] == [w if w in KEYWORDS else "unknown" for w in words]
+        assert {p.parent.parent.name for p in c.paths} == {"speech_commands_v0.02"}
+    speakers = {split: set(c.speakers) for split, c in clips.items()}
+    assert speakers == {"train": {"aaa", "bbb"}, "val": {"ccc"}, "test": {"ddd"}}
+
+
+def test_keyword_clips_on_the_shared_data(shared_root):
+    """README section 5: the keywords have 2,225 / 389 / 522 clips and the other 25 words 244 / 45 / 37
+    in training / validation / testing, from 127 / 26 / 27 speakers, no speaker in two splits."""
+    clips = keyword_clips(shared_root)
+    counts = {split: np.bincount(c.labels, minlength=11) for split, c in clips.items()}
+    assert {split: (int(n[:10].sum()), int(n[10])) for split, n in counts.items()} == \
+        {"train": (2225, 244), "val": (389, 45), "test": (522, 37)}
+    assert counts["train"][:10].tolist() == [249, 218, 218, 213, 233, 219, 216, 214, 220, 225]
+    assert counts["test"][:10].tolist() == [53, 55, 53, 51, 54, 49, 50, 52, 56, 49]
+    speakers = {split: set(c.speakers) for split, c in clips.items()}
+    assert [len(speakers[s]) for s in ("train", "val", "test")] == [127, 26, 27]
+    assert not (speakers["train"] & speakers["val"] or speakers["train"] & speakers["test"]
+                or speakers["val"] & speakers["test"])
+
+
+def test_audio_probe_tasks_keywords_first_then_fsdd(fake_root):
+    cfg = get_profile("audio", "ci")
+    tasks = probe_mod.probe_tasks("audio", cfg, root=fake_root, max_train=10, progress=False)
+    assert [t.task for t in tasks] == ["speechcommands_keywords", "fsdd_digits"]
+    assert [t.n("train") for t in tasks] == [6, 10]                    # the cap applies to both (6 < 10 < 20)
+
+
+def test_run_probe_reads_every_source_through_the_same_readout(image_run, monkeypatch):
+    """Pretrained, random init and raw input: the same layer_features, the same pools, the same
+    selection (probe_features); only the raw input has a single layer and no weights."""
+    run, root, cfg, _, _ = image_run
+    seen, chosen = [], []
+
+    def spy_features(backbone, x, **kw):
+        feats = layer_features(backbone, x, **kw)
+        seen.append((type(backbone).__name__, sorted(feats), feats["mean"].shape[0]))
+        return feats
+
+    def spy_probe(feats, labels, k=20):
+        chosen.append(sorted(feats["train"]))
+        return probe_features(feats, labels, k)
+    monkeypatch.setattr(probe_mod, "layer_features", spy_features)
+    monkeypatch.setattr(probe_mod, "probe_features", spy_probe)
+    result = run_probe(run, root, supervised=False, progress=False)
+    L = cfg.encoder.depth + 1
+    assert seen == [("Backbone", ["mean", "segments"], L)] * 6 + [("RawInput", ["mean", "segments"], 1)] * 3
+    assert chosen == [["mean", "segments"]] * 3
+    selected = result.main.selected
+    assert set(selected) == {"pretrained", "random_init", "raw_input"}
+    assert selected["raw_input"]["layer"] == 0 and selected["raw_input"]["pool"] in POOLS
+    assert result.main.linear.raw_input == selected["raw_input"]["test"]
+    assert result.probe_config["readout"] == READOUT
 
 
 CONCEPT_TRAIN = (
@@ -500,6 +588,43 @@ def test_run_probe_writes_documented_results(image_run):
     assert ProbeResult.from_json(written) == result                   # the JSON round-trips
 
 
+def test_discrimination_needs_supervised_15_points_above_random_init():
+    assert discrimination(0.60, 0.45) == (True, pytest.approx(0.15))   # exactly 15 points: enough
+    assert discrimination(0.60, 0.46)[0] is False
+    assert discrimination(0.30, 0.50) == (False, pytest.approx(-0.20))
+    assert discrimination(None, 0.50) == (None, None)                  # no supervised reference: unknown
+    assert DISCRIMINATION_MARGIN == 0.15
+
+
+def test_probe_json_of_older_runs_still_reads(image_run):
+    """probe.json only gained keys: a file without them (written before the check) reads back with
+    the check unknown, and a new file round-trips with it."""
+    _, _, _, result, files = image_run
+    written = json.loads(files["probe.json"])
+    assert {"discriminates", "discrimination_margin"} <= set(written)
+    old = {k: v for k, v in written.items() if k not in ("discriminates", "discrimination_margin")}
+    old["selected"] = {k: v for k, v in old["selected"].items() if k != "raw_input"}
+    old["probe_config"] = {k: v for k, v in old["probe_config"].items() if k != "readout"}
+    back = ProbeResult.from_json(old)
+    assert back.main.discriminates is None and back.main.discrimination_margin is None
+    assert back.main.linear == result.main.linear
+    r = result.main
+    assert (r.discriminates, r.discrimination_margin) == discrimination(r.supervised_accuracy, r.linear.random_init)
+
+
+def test_cli_probe_prints_whether_each_task_discriminates(image_run, capsys, monkeypatch):
+    run, root, _, _, _ = image_run
+    monkeypatch.setenv("D2V_LAB_DATA", str(root))
+    assert main(["probe", "--checkpoint", str(run)]) == 0
+    out = capsys.readouterr().out
+    result = ProbeResult.from_json(json.loads((run / "probe.json").read_text())).main
+    line = next(line for line in out.splitlines() if "discriminates:" in line)
+    margin = f"{100 * result.discrimination_margin:+.1f} points"
+    assert margin in line and ("yes" in line if result.discriminates else "NO" in line and "not evidence" in line)
+    assert main(["probe", "--checkpoint", str(run), "--no-supervised"]) == 0
+    assert "discriminates: not measured (no supervised reference)" in capsys.readouterr().out
+
+
 def test_cli_probe_json_prints_one_object(image_run, capsys, monkeypatch):
     run, root, _, r, _ = image_run
     monkeypatch.setenv("D2V_LAB_DATA", str(root))
@@ -546,7 +671,7 @@ def test_cached_probe_reuses_only_when_newer_than_checkpoint(tmp_path, monkeypat
     (run / CHECKPOINT).write_bytes(b"weights")
     (run / "config.json").write_text(json.dumps({"modality": "image", "profile": "ci"}))
     epochs = PROBES.supervised_epochs["image"]
-    cached = ProbeResult([task_result(supervised=0.5)], {}, str(data_root()))
+    cached = ProbeResult([task_result(supervised=0.5)], {"readout": READOUT}, str(data_root()))
     cached.main.supervised["epochs"] = epochs
     (run / "probe.json").write_text(json.dumps(cached.to_json()))
     calls = []
@@ -565,6 +690,12 @@ def test_cached_probe_reuses_only_when_newer_than_checkpoint(tmp_path, monkeypat
     # (probe --supervised-epochs), is not reused by the tour
     for other in (None, {"epochs": epochs + 1}):
         (run / "probe.json").write_text(json.dumps({**cached.to_json(), "supervised": other}))
+        os.utime(run / "probe.json", (t + 30, t + 30))
+        calls.clear()
+        assert probe_mod.cached_probe(run, log=logs.append) == {"fresh": True} and calls == [run]
+    # a probe made with another readout (e.g. before every source shared one) is not reused either
+    for config in ({}, {"readout": {**READOUT, "segments": SEGMENTS + 1}}):
+        (run / "probe.json").write_text(json.dumps({**cached.to_json(), "probe_config": config}))
         os.utime(run / "probe.json", (t + 30, t + 30))
         calls.clear()
         assert probe_mod.cached_probe(run, log=logs.append) == {"fresh": True} and calls == [run]

@@ -123,10 +123,12 @@ def probes() -> dict:
     return {
         "image": ProbeResult([task_result("cifar10", "image", 0.1, (0.417, 0.253, 0.306), (0.382, 0, 0), 0.559, 2000)],
                              {}, "root"),
-        "audio": ProbeResult([task_result("fsdd_digits", "audio", 0.1, (0.734, 0.512, 0.288), (0.645, 0, 0), None,
-                                          500, "test speaker unseen"),
-                              task_result("speechcommands_words", "audio", 1 / 30, (0.071, 0.036, 0.012),
-                                          (0.043, 0, 0), 0.089, 56, "only 6 clips per word")], {}, "root"),
+        "audio": ProbeResult([task_result("speechcommands_keywords", "audio", 1 / 11, (0.451, 0.362, 0.288),
+                                          (0.43, 0, 0), 0.589, 559, "ten keywords + unknown"),
+                              task_result("fsdd_digits", "audio", 0.1, (0.734, 0.512, 0.288), (0.645, 0, 0), 0.55,
+                                          500, "one test voice"),
+                              task_result("fsdd_digits_unsupervised", "audio", 0.1, (0.734, 0.512, 0.288),
+                                          (0.645, 0, 0), None, 500, "no reference")], {}, "root"),
     }
 
 
@@ -148,16 +150,18 @@ SUMMARY = summary(
 
 def test_summary_table_has_every_accuracy_as_a_percentage():
     table = summary_table(SUMMARY.probes).splitlines()
-    assert len(table) == 2 + 3                                          # header, rule, one row per task
+    assert len(table) == 2 + 4                                          # header, rule, one row per task
+    assert table[0].endswith("| discriminates |")
     row = {line.split("|")[2].strip().split(" (")[0]: line for line in table[2:]}
-    assert set(row) == {"cifar10", "fsdd_digits", "speechcommands_words"}
-    for cell in ("10.0%", "**41.7%**", "25.3%", "30.6%", "55.9%", "38.2%", "n_test=2000"):
+    assert set(row) == {"cifar10", "speechcommands_keywords", "fsdd_digits", "fsdd_digits_unsupervised"}
+    for cell in ("10.0%", "**41.7%**", "25.3%", "30.6%", "55.9%", "38.2%", "n_test=2000", "| yes (+30.6) |"):
         assert cell in row["cifar10"]
-    for cell in ("**73.4%**", "51.2%", "28.8%", "n/a", "64.5%"):
-        assert cell in row["fsdd_digits"]                               # no supervised run: n/a
-    for cell in ("3.3%", "**7.1%**", "3.6%", "1.2%", "8.9%", "4.3%"):
-        assert cell in row["speechcommands_words"]
-    assert row["cifar10"].startswith("| image |") and row["speechcommands_words"].startswith("| audio |")
+    for cell in ("9.1%", "**45.1%**", "36.2%", "28.8%", "58.9%", "43.0%", "| yes (+22.7) |"):
+        assert cell in row["speechcommands_keywords"]
+    for cell in ("**73.4%**", "51.2%", "28.8%", "55.0%", "64.5%", "| **NO** (+3.8) |"):
+        assert cell in row["fsdd_digits"]                               # 3.8 points < 15: not evidence
+    assert row["fsdd_digits_unsupervised"].endswith("| n/a | 64.5% | n/a |")    # no supervised run: unknown
+    assert row["cifar10"].startswith("| image |") and row["fsdd_digits"].startswith("| audio |")
 
 
 def test_render_report_quotes_the_numbers_and_the_verdicts():
@@ -169,7 +173,12 @@ def test_render_report_quotes_the_numbers_and_the_verdicts():
     assert "Skipped: no concept has >= 5 samples" in report
     assert "1.234 -> 0.543" in report and "0.812 / 0.701" in report
     assert "- image: best layer 2 (mean pooling)" in report
-    assert "  - speechcommands_words: only 6 clips per word" in report
+    assert "- audio: best layer 2 (mean pooling); ten keywords + unknown" in report
+    assert "  - fsdd_digits: one test voice" in report
+    assert ("  - fsdd_digits: discriminates: NO (supervised 55.0% vs random init 51.2%: +3.8 points, < 15): "
+            "this task cannot tell a good encoder from a random one here; not evidence either way") in report
+    assert "speechcommands_keywords: discriminates" not in report        # only the tasks that fail are listed
+    assert "same way" in report and ">= 15 points" in report
     assert "## Time per stage" not in report                            # no timings in this summary
     minimal = render_report(TourSummary("cpu", "x"))
     assert "## Linear probes" not in minimal and "## Do the three modalities" not in minimal
