@@ -134,7 +134,9 @@ def probe_raw(raw: dict[str, np.ndarray], labels: dict[str, np.ndarray], k: int 
 def probe_model(model, data, k: int = 20, device="cpu", progress: bool = True) -> dict:
     feats = {}
     for split in tqdm(("train", "val", "test"), desc=f"features {data.task}", disable=not progress, leave=False):
-        feats[split] = layer_features(model.student, data.inputs[split], device=device)
+        # a task about one position (the masked word) is read out there, not averaged over the window
+        select = data.select(split) if isinstance(data, tasks.MaskedWordData) else None
+        feats[split] = layer_features(model.student, data.inputs[split], device=device, select=select)
     return probe_features(feats, data.labels, k)
 
 
@@ -144,7 +146,8 @@ def probe_tasks(modality: str, cfg, tokenizer=None, root=None, max_train: int = 
         return [tasks.cifar_task(root, max_train=max_train or None)]
     if modality == "text":
         # the probe's training stories are at most those the model could pretrain on
-        return [tasks.concept_task(tokenizer, cfg.data.seq_len, root, max_stories=cfg.data.max_stories)]
+        return [tasks.concept_task(tokenizer, cfg.data.seq_len, root, max_stories=cfg.data.max_stories),
+                tasks.masked_word_task(tokenizer, cfg.data.seq_len, root, max_stories=cfg.data.max_stories)]
     return [tasks.fsdd_task(root, progress).limit_train(max_train), tasks.speech_commands_task(root, progress)]
 
 
