@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from d2v_lab.data import load_stories
-from d2v_lab.data.tokenizer import CLS_ID, MASK_ID, UNK_ID, load_tokenizer, train_bpe
+from d2v_lab.data.tokenizer import CLS_ID, MASK_ID, PAD_ID, UNK_ID, load_tokenizer, train_bpe
 from d2v_lab.evaluate import probe as probe_mod
+from d2v_lab.evaluate.features import layer_features
 from d2v_lab.evaluate.tasks import (
     MASKED_WORD_CANDIDATES,
     MaskedWordData,
@@ -20,6 +21,7 @@ from d2v_lab.evaluate.tasks import (
     masked_word_windows,
     word_forms,
 )
+from d2v_lab.train.checkpoint import build_model
 from d2v_lab.train.loop import pretrain
 from d2v_lab.train.profiles import get_profile
 
@@ -41,6 +43,7 @@ VALID = (
     + ["Nothing to see. Story 9."]                                        # none
 )
 # stories per word: train ball 10 + 6, tree 8, sad 8 + 6, happy 10, park 6; test ball 5, tree 3, happy 2, sad 4
+SEQ = 64    # the ci model's length; these stories are at most 37 tokens: every window holds its whole story
 VOCABULARY = ("ball", "tree", "sad", "happy")   # per part of speech, by stories: ball 16 > tree 8 > park 6; sad 14 > happy 10
 
 
@@ -82,7 +85,7 @@ def test_vocabulary_rule_takes_the_most_frequent_words_of_each_part_of_speech():
 
 def test_windows_hide_every_form_of_every_word_and_mask_exactly_the_first_mention(tok):
     forms = word_forms(POOL)
-    x, y, story = masked_word_windows(TRAIN, tok, 48, VOCABULARY, forms)
+    x, y, story = masked_word_windows(TRAIN, tok, SEQ, VOCABULARY, forms)
     # exact counts: one example per (story, vocabulary word it mentions)
     assert np.bincount(y, minlength=4).tolist() == [16, 8, 14, 10]
     assert len(set(story.tolist())) == 24                               # the 6 stories without a word: none
@@ -93,27 +96,39 @@ def test_windows_hide_every_form_of_every_word_and_mask_exactly_the_first_mentio
         assert not hidden.search(text), text                            # no answer, and no other class word
         assert story_number(tok, row) == s
     # "the ball ... the ball ... happy": ball's first mention is [MASK], its second and "happy" are [UNK]
-    assert y[0] == 0 and tok.decode(x[0].tolist(), skip_special_tokens=False).startswith(
-        "[CLS] tom kicked the[MASK]. the[UNK] was red. tom was[UNK]. story 0.")
-    assert y[1] == 3 and tok.decode(x[1].tolist(), skip_special_tokens=False).startswith(
-        "[CLS] tom kicked the[UNK]. the[UNK] was red. tom was[MASK]. story 0.")
+    visible = lambda row: tok.decode(row[row != PAD_ID].tolist(), skip_special_tokens=False)  # noqa: E731
+    assert y[0] == 0 and visible(x[0]) == "[CLS] tom kicked the[MASK]. the[UNK] was red. tom was[UNK]. story 0."
+    assert y[1] == 3 and visible(x[1]) == "[CLS] tom kicked the[UNK]. the[UNK] was red. tom was[MASK]. story 0."
+    # the [MASK] sits at the same index in every input, [PAD] filling in before a mention near the start
+    at = 1 + (SEQ - 1) // 2
+    assert (x[:, at] == MASK_ID).all()
+    before = len(tok.encode("Tom kicked the", add_special_tokens=False).ids)
+    assert (x[0, 1:at - before] == PAD_ID).all() and (x[0, at - before:at] != PAD_ID).all()
     # the visible text does not depend on which word is asked: the same story's inputs differ only in
-    # where the [MASK] is (so a bag of tokens can only guess from the rest of the story)
-    unasked = torch.where(x == MASK_ID, UNK_ID, x)
+    # where the [MASK] is, and where the window starts (so a bag of tokens can only guess from the story)
+    unasked = [r[r != PAD_ID] for r in torch.where(x == MASK_ID, UNK_ID, x)]
     for s in np.unique(story):
-        rows = unasked[story == s]
-        assert (rows == rows[0]).all()
+        rows = [r for r, t in zip(unasked, story) if t == s]
+        assert all(torch.equal(r, rows[0]) for r in rows)
 
 
-def test_windows_centre_the_mask_in_long_stories(tok):
+def test_windows_put_the_mask_mid_window_so_its_position_says_nothing(tok):
     long = " ".join(["Sam sat down."] * 40) + " The ball was red. " + " ".join(["Sam sat down."] * 40)
-    x, y, _ = masked_word_windows([long], tok, 33, ("ball",), word_forms(POOL))
-    assert y.tolist() == [0] and (x[0] != 0).all()                      # a full window, no padding
-    assert int((x[0] == MASK_ID).nonzero()) == 1 + 32 // 2              # [CLS] + 16 tokens before it
+    x, y, _ = masked_word_windows([long, "The ball.", "Sam sat down. " * 40 + "A ball."], tok, 33, ("ball",),
+                                  word_forms(POOL))
+    assert y.tolist() == [0, 0, 0]
+    assert (x[:, 17] == MASK_ID).all()                                  # [CLS] + 16 tokens (or [PAD]) before it
+    assert (x[0] != PAD_ID).all()                                       # a long story fills the window
+    assert (x[1, 1:16] == PAD_ID).all() and (x[1, 19:] == PAD_ID).all()  # " the" [MASK] "." and pads around
+    assert (x[2, :18] != PAD_ID).all() and (x[2, 19:] == PAD_ID).all()  # a mention at the end: only left context
+    # so an encoder's layer 0 (the [MASK] embedding plus its position) is the same for every input
+    model = build_model(get_profile("text", "ci")).student
+    layer0 = layer_features(model, x, select=x == MASK_ID)["mean"][0]
+    assert np.allclose(layer0, layer0[0])
 
 
 def test_masked_word_task_counts_splits_and_balance(word_root, tok):
-    data = masked_word_task(tok, 48, word_root, candidates=POOL, per_pos=2)
+    data = masked_word_task(tok, SEQ, word_root, candidates=POOL, per_pos=2)
     assert isinstance(data, MaskedWordData) and data.task == "tinystories_masked_word"
     assert data.classes == VOCABULARY
     before = data.counts["examples_before_balancing"]
@@ -144,21 +159,21 @@ def test_masked_word_task_counts_splits_and_balance(word_root, tok):
 
 def test_masked_word_task_drops_words_without_examples_and_reads_only_max_stories(word_root, tok):
     # park is picked with per_pos=3 but no held-out story mentions it: dropped, and reported
-    data = masked_word_task(tok, 48, word_root, candidates=POOL, per_pos=3)
+    data = masked_word_task(tok, SEQ, word_root, candidates=POOL, per_pos=3)
     assert data.counts["vocabulary"] == ["ball", "tree", "park", "sad", "happy"]
     assert data.counts["examples_before_balancing"]["test"]["park"] == 0 and "park" not in data.classes
     # the first 18 training stories mention only ball, happy, tree and sad: the rule sees no other
-    capped = masked_word_task(tok, 48, word_root, candidates=POOL, per_pos=2, max_stories=18)
+    capped = masked_word_task(tok, SEQ, word_root, candidates=POOL, per_pos=2, max_stories=18)
     before = capped.counts["examples_before_balancing"]
     assert {w: before["train"][w] + before["val"][w] for w in VOCABULARY} == {"ball": 10, "tree": 8, "sad": 8,
                                                                                  "happy": 10}
     assert capped.counts["examples_before_balancing"]["test"] == {"ball": 5, "tree": 3, "sad": 4, "happy": 2}
     with pytest.raises(ValueError, match="too few"):
-        masked_word_task(tok, 48, word_root, candidates=POOL, per_pos=2, min_examples=4)
+        masked_word_task(tok, SEQ, word_root, candidates=POOL, per_pos=2, min_examples=4)
 
 
 def test_limit_train_keeps_the_stories_aligned(word_root, tok):
-    data = masked_word_task(tok, 48, word_root, candidates=POOL, per_pos=2)
+    data = masked_word_task(tok, SEQ, word_root, candidates=POOL, per_pos=2)
     small = data.limit_train(4)
     assert isinstance(small, MaskedWordData) and small.n("train") == 4
     assert [story_number(tok, r) for r in small.inputs["train"]] == small.story["train"].tolist()
@@ -168,16 +183,16 @@ def test_limit_train_keeps_the_stories_aligned(word_root, tok):
 def test_probe_model_reads_the_features_at_the_mask(word_root, tok, monkeypatch):
     """run_probe's readout pools the [MASK] position of a masked-word task (and the whole window of
     any other task): the features it hands the probe are layer_features(select=inputs == [MASK])."""
-    data = masked_word_task(tok, 48, word_root, candidates=POOL, per_pos=2)
+    data = masked_word_task(tok, SEQ, word_root, candidates=POOL, per_pos=2)
     cfg = get_profile("text", "ci")
-    model = probe_mod.build_model(cfg).eval()
+    model = build_model(cfg).eval()
     seen = {}
     monkeypatch.setattr(probe_mod, "probe_features", lambda feats, labels, k: seen.update(feats) or {})
     probe_mod.probe_model(model, data, progress=False)
     for split in ("train", "val", "test"):
-        expected = probe_mod.layer_features(model.student, data.inputs[split], select=data.select(split))
+        expected = layer_features(model.student, data.inputs[split], select=data.select(split))
         np.testing.assert_allclose(seen[split]["mean"], expected["mean"], rtol=1e-5, atol=1e-6)
-        whole = probe_mod.layer_features(model.student, data.inputs[split])
+        whole = layer_features(model.student, data.inputs[split])
         assert not np.allclose(seen[split]["mean"], whole["mean"])
 
 
