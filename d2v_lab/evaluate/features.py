@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 
 from d2v_lab.data.tokenizer import PAD_ID
+from d2v_lab.model.modalities import LOGMEL_MEAN, LOGMEL_STD
 from d2v_lab.model.transformer import EncoderOutput
 from d2v_lab.train.device import autocast_for
 
@@ -61,7 +62,8 @@ class RawTokens(nn.Module):
     """The input itself cut into the tokens ``adapter`` makes of it, in the adapter's order, with no
     weights: what the "raw input" source feeds the shared readout.
 
-      audio  log-mel as the dataset gives it, ``adapter.patch`` frames per token: (B, 50, 2 * 64)
+      audio  log-mel scaled by the adapter's fixed dataset statistics, ``adapter.patch`` frames per
+             token: (B, 50, 2 * 64)
       image  pixels in [0, 1] of each patch, row-major patches, channel-major inside a patch as the
              patch convolution reads them: (B, 64, 3 * 4 * 4)
       text   one-hot BPE ids: (B, T, vocab_size); position 0 holds the [CLS] id and is a prefix, as
@@ -84,7 +86,8 @@ class RawTokens(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.modality == "audio":                                        # (B, M, F) -> (B, F / p, p * M)
             B, M, F = x.shape
-            return x.float().transpose(1, 2).reshape(B, F // self.patch, self.patch * M)
+            x = (x.float() - LOGMEL_MEAN) / LOGMEL_STD                      # the adapter's fixed scaling
+            return x.transpose(1, 2).reshape(B, F // self.patch, self.patch * M)
         if self.modality == "image":                                        # (B, 3, H, W) -> (B, HW / p^2, 3 p^2)
             B, C, H, W = x.shape
             p = self.patch

@@ -136,6 +136,12 @@ def probe_backbone(backbone, data, k: int = 20, device="cpu", progress: bool = T
     feats = {}
     for split in tqdm(("train", "val", "test"), desc=f"features {data.task}", disable=not progress, leave=False):
         feats[split] = layer_features(backbone, data.inputs[split], device=device)
+        if isinstance(data, tasks.MaskedWordData):
+            # a task about one position (the hidden word) also offers that position as a pool; every
+            # source gets it (for the raw input it is the one-hot of [MASK]: constant, so validation
+            # picks the window's bag of tokens there)
+            at = layer_features(backbone, data.inputs[split], device=device, select=data.select(split), pools=("mean",))
+            feats[split]["masked"] = at["mean"]
     return probe_features(feats, data.labels, k)
 
 
@@ -152,7 +158,8 @@ def probe_tasks(modality: str, cfg, tokenizer=None, root=None, max_train: int = 
         return [tasks.cifar_task(root, max_train=max_train or None)]
     if modality == "text":
         # the probe's training stories are at most those the model could pretrain on
-        return [tasks.concept_task(tokenizer, cfg.data.seq_len, root, max_stories=cfg.data.max_stories)]
+        return [tasks.concept_task(tokenizer, cfg.data.seq_len, root, max_stories=cfg.data.max_stories),
+                tasks.masked_word_task(tokenizer, cfg.data.seq_len, root, max_stories=cfg.data.max_stories)]
     return [tasks.keyword_task(root, progress).limit_train(max_train),
             tasks.fsdd_task(root, progress).limit_train(max_train)]
 

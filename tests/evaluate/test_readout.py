@@ -19,7 +19,7 @@ from d2v_lab.evaluate.features import (
     raw_features,
 )
 from d2v_lab.model.data2vec import Backbone
-from d2v_lab.model.modalities import AudioAdapter, ImageAdapter, TextAdapter
+from d2v_lab.model.modalities import LOGMEL_MEAN, LOGMEL_STD, AudioAdapter, ImageAdapter, TextAdapter
 from d2v_lab.model.transformer import Encoder, EncoderConfig
 from d2v_lab.train.profiles import get_profile
 
@@ -94,9 +94,7 @@ def inputs(modality: str) -> tuple:
     if modality == "image":
         return identity_image_adapter(), torch.randint(0, 256, (6, 3, 32, 32), generator=g, dtype=torch.uint8)
     if modality == "audio":
-        x = torch.randn(6, 64, 100, generator=g) * 3 + 1
-        # clips standardised already, so the adapter's own per-clip standardisation changes nothing
-        x = (x - x.mean(dim=(1, 2), keepdim=True)) / x.std(dim=(1, 2), keepdim=True)
+        x = torch.randn(6, 64, 100, generator=g) * 5 - 8     # log-mel-like values; both paths scale them alike
         return identity_audio_adapter(), x
     ids = torch.randint(5, 40, (6, 20), generator=g)
     ids[:, 0] = CLS_ID
@@ -120,11 +118,11 @@ def test_raw_input_equals_layer_0_of_a_model_whose_adapter_is_identity_like(moda
 
 
 def test_raw_audio_features_known_answer():
-    """Token t is frames 2t and 2t+1 (64 mels each): the mean pool is the even frames' average
-    spectrum then the odd frames'; segment k averages its own frames only."""
+    """Token t is frames 2t and 2t+1 (64 mels each, scaled by the adapter's fixed statistics): the mean
+    pool is the even frames' average spectrum then the odd frames'; segment k averages its own frames."""
     x = torch.randn(3, 64, 100, generator=torch.Generator().manual_seed(1))
     feats = raw_features(AudioAdapter(32, get_profile("audio", "ci").mask), x)
-    ref = x.numpy()
+    ref = ((x - LOGMEL_MEAN) / LOGMEL_STD).numpy()
     expected_mean = np.concatenate([ref[:, :, 0::2].mean(2), ref[:, :, 1::2].mean(2)], axis=1)
     np.testing.assert_allclose(feats["mean"][0], expected_mean, atol=1e-5)
     first = ref[:, :, :26]                                              # segment 0: tokens 0-12 = frames 0-25
