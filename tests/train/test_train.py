@@ -364,8 +364,8 @@ def test_cli_pretrain_writes_the_run_folder(fake_root, tmp_path, capsys):
                                              ("lr=1", "section.field=value"),
                                              ("train.lr=abc", "cannot read"),
                                              ("mask.ratio=1.5", "strictly between 0 and 1"),
-                                             ("train.lr=-1", "must be > 0"),
-                                             ("train.warmup_steps=-5", "must be >= 0"),
+                                             ("train.lr=-1", "must be a finite number > 0"),
+                                             ("train.warmup_steps=-5", "must be an integer >= 0"),
                                              ("d2v.top_k=9", "exceeds the encoder depth 2")])
 def test_cli_bad_set_returns_2(fake_root, tmp_path, capsys, setting, message):
     assert main(["pretrain", "--modality", "text", "--profile", "ci", "--out", str(tmp_path / "x"),
