@@ -164,5 +164,7 @@ def test_a_killed_saves_temp_file_is_removed_by_the_next_run(fake_root, tmp_path
     stale.write_bytes(b"PK half a checkpoint of a save killed by kill -9")
     live.write_bytes(b"PK another process is writing this right now")
     assert remove_stale_tmp(ckpt) == [stale]
+    stale.write_bytes(b"PK again")
+    pretrain(cfg, out, data=data, progress=False, resume=True)
     assert not stale.exists() and live.exists()      # a live process's file is never touched
 

@@ -219,7 +219,7 @@ def test_checkpoint_written_atomically(fake_root, tmp_path, monkeypatch):
             fh.write(b"PK\x03\x04 half a checkpoint")
         raise OSError("disk full")
     monkeypatch.setattr("d2v_lab.train.checkpoint.torch.save", crash)
-    with pytest.raises(OSError):
+    with pytest.raises(CheckpointError, match="the previous checkpoint there is intact"):
         save_checkpoint(out / CHECKPOINT, cfg, 3, build_model(cfg))
     assert (out / CHECKPOINT).read_bytes() == before            # the good checkpoint is untouched
     assert read_checkpoint(out / CHECKPOINT)["step"] == 2
