@@ -78,7 +78,7 @@ def state_checksum(state: dict) -> str:
     return digest.hexdigest()
 
 
-def tmp_path(path: Path, pid: int | None = None) -> Path:
+def temp_path(path: Path, pid: int | None = None) -> Path:
     """Where process ``pid`` writes ``path`` before renaming it into place: a hidden sibling."""
     return path.with_name(f".{path.name}.tmp{os.getpid() if pid is None else pid}")
 
@@ -91,7 +91,7 @@ def save_checkpoint(path: Path, cfg: RunConfig, step: int, model: Data2Vec,
              "model": model.state_dict(), "optimizer": optimizer.state_dict() if optimizer else None,
              **(extra or {})}
     state["checksum"] = state_checksum(state)
-    tmp = tmp_path(path)
+    tmp = temp_path(path)
     try:
         torch.save(state, tmp)
         os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one, never half

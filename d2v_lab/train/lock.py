@@ -91,6 +91,8 @@ def _lock(out: Path) -> int:
             os.close(fd)
             raise RunFolderError(f"{out} is in use by another d2v-lab run ({holder}); wait for it or "
                                  f"choose another --out") from None
+        except OSError:   # a file system without flock (some network mounts): run unprotected, as before
+            return fd
         # The run before us removes its lock file on the way out: if it did so between our open and our
         # flock, we hold a lock on a file nobody else will open. Then start again on the file there now.
         try:

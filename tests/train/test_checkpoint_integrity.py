@@ -21,8 +21,8 @@ from d2v_lab.train.checkpoint import (
     remove_stale_tmp,
     save_checkpoint,
     state_checksum,
+    temp_path,
 )
-from d2v_lab.train.checkpoint import tmp_path as temp_file  # not the pytest fixture
 from d2v_lab.train.inputs import pretraining_data
 from d2v_lab.train.loop import make_optimizer, pretrain
 from d2v_lab.train.profiles import get_profile
@@ -159,7 +159,7 @@ def test_a_killed_saves_temp_file_is_removed_by_the_next_run(fake_root, tmp_path
     out = tmp_path / "run"
     pretrain(cfg, out, data=data, progress=False, stop_after=2)
     ckpt = out / CHECKPOINT
-    stale, live = temp_file(ckpt, dead_pid()), temp_file(ckpt, os.getppid())
+    stale, live = temp_path(ckpt, dead_pid()), temp_path(ckpt, os.getppid())
     assert stale.name.startswith(".checkpoint.pt.tmp")
     stale.write_bytes(b"PK half a checkpoint of a save killed by kill -9")
     live.write_bytes(b"PK another process is writing this right now")
