@@ -311,7 +311,8 @@ def check_settings(sections: dict[str, dict], modality: str | None = None) -> No
 
 
 def _problem(key: str, value, rule: Rule) -> str:
-    return f"{key}={value!r}: must be {rule.text}; e.g. --set {key}={_example(_default(key))}"
+    how = "--set " if key.partition(".")[0] in _SECTIONS else ""   # probe and align have no --set
+    return f"{key}={value!r}: must be {rule.text}; e.g. {how}{key}={_example(_default(key))}"
 
 
 def _default(key: str):
