@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 
 from d2v_lab.crossmodal.experiment import run_alignment
 from d2v_lab.crossmodal.results import SkippedPair
@@ -18,7 +19,16 @@ from d2v_lab.train.checkpoint import CheckpointError
 from d2v_lab.train.config import MODALITIES
 from d2v_lab.train.loop import TrainingStopped, pretrain
 from d2v_lab.train.profiles import PROFILES, get_profile, preset
-from d2v_lab.train.runs import ALIGN_JSON, PROBE_JSON, PROBE_PNG, REPORT, UMAP_TAGS, umap_png
+from d2v_lab.train.runs import (
+    ALIGN_JSON,
+    PROBE_JSON,
+    PROBE_PNG,
+    REPORT,
+    UMAP_TAGS,
+    RunFolderError,
+    TornLineWarning,
+    umap_png,
+)
 
 
 def _print_info(info: dict) -> None:
@@ -177,13 +187,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warnings(show=warnings.showwarning):
+    """Our own warnings (a dropped torn metrics line) as one line each, like the errors; others as usual."""
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, TornLineWarning):
+            print(f"d2v-lab: warning: {message}", file=sys.stderr)
+        else:
+            show(message, category, filename, lineno, file, line)
+    return showwarning
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
-    except (DataError, CheckpointError, FileExistsError, ValueError) as e:
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warnings()
+            return args.func(args)
+    except (DataError, CheckpointError, RunFolderError, FileExistsError, ValueError) as e:
         print(f"d2v-lab: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:   # Ctrl-C: what was saved (a RunInterrupted says), not a traceback
+        print(f"d2v-lab: {e or 'interrupted'}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

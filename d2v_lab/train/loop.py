@@ -30,12 +30,20 @@ from tqdm.auto import tqdm
 from d2v_lab.model.data2vec import Data2Vec, Data2VecOutput
 from d2v_lab.model.ema import init_shares, tau_at, tau_schedule
 
-from .checkpoint import build_model, check_compatible, read_checkpoint, save_checkpoint
+from .checkpoint import (
+    CheckpointError,
+    build_model,
+    check_compatible,
+    read_checkpoint,
+    remove_stale_tmp,
+    save_checkpoint,
+)
 from .config import RunConfig
 from .device import autocast_for, pick_device, synchronize, tune_malloc
 from .inputs import PretrainData, pretraining_data
+from .lock import claim_run_folder
 from .profiles import follow_run_length
-from .runs import CHECKPOINT, CONFIG, METRICS, TOKENIZER, read_metrics
+from .runs import CHECKPOINT, CONFIG, METRICS, TOKENIZER, RunFolderError, read_metrics, write_failure
 
 
 class TrainingStopped(RuntimeError):
@@ -45,6 +53,11 @@ class TrainingStopped(RuntimeError):
 class InterruptedUpdate(KeyboardInterrupt):
     """Ctrl-C arrived after the optimizer step began and before the teacher update ended: the student
     and the teacher may be out of step, so this state must not be saved."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped ``pretrain`` during training. Its message is one line that says what was saved
+    and how to continue (the CLI prints it); it is still a KeyboardInterrupt, so a notebook stops too."""
 
 
 @dataclass
@@ -207,13 +220,25 @@ def pretrain(cfg: RunConfig, out_dir: str | Path, resume: bool = False, data: Pr
     ``callback(step, model, output)``: called after every update (e.g. to watch the teacher move).
     The EMA schedule follows the run length where ``cfg.d2v.tau_init_share`` > 0 (``follow_run_length``);
     the config saved and compared is that one.
+
+    One run at a time writes into out_dir (a second one is refused: ``train/lock.py``). Everything that
+    can refuse the run (the device, the folder, the checkpoint, the model, the data) is checked before
+    the first file is written, and a refused run leaves nothing behind.
     """
     tune_malloc()
     cfg = follow_run_length(cfg)   # the EMA schedule of this run's length, before it is saved or compared
+    device = pick_device(cfg.train.device)   # refuses a missing device before anything is written
+    with claim_run_folder(out_dir) as out:  # held until the run ends, however it ends
+        try:
+            return _pretrain(cfg, out, device, resume, data, stop_after, progress, root, callback)
+        except KeyboardInterrupt as e:
+            if isinstance(e, RunInterrupted):
+                raise
+            raise RunInterrupted("interrupted before training began; nothing new was saved") from e
+
+
+def _pretrain(cfg, out, device, resume, data, stop_after, progress, root, callback) -> TrainResult:
     t = cfg.train
-    device = pick_device(t.device)   # refuses a missing device before anything is written
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     ckpt_path, metrics_path = out / CHECKPOINT, out / METRICS
 
     state = None
@@ -223,17 +248,17 @@ def pretrain(cfg: RunConfig, out_dir: str | Path, resume: bool = False, data: Pr
                                   f"or choose another output folder")
         state = read_checkpoint(ckpt_path)
         check_compatible(state, cfg, ckpt_path)
+    remove_stale_tmp(ckpt_path)   # what saves killed mid-write left (the lock says no save is running)
 
-    data = data or pretraining_data(cfg, root, progress)
-    if data.tokenizer is not None:
-        data.tokenizer.save(str(out / TOKENIZER))
-    (out / CONFIG).write_text(json.dumps({**cfg.to_dict(), "sources": data.sources}, indent=2))
-
+    # the model before the data: what the model refuses is then refused in a second, not after minutes
     torch.manual_seed(derived_seed(t.seed, 0))  # the initial weights belong to the config too
     model = build_model(cfg)
     start = 0
     if state is not None:
-        model.load_state_dict(state["model"])
+        try:
+            model.load_state_dict(state["model"])
+        except RuntimeError as e:
+            raise CheckpointError(f"{ckpt_path}: weights do not fit the saved config ({e})") from e
         start = state["step"]
     model.to(device).train()
     optimizer = make_optimizer(model, t)  # after .to(device): loaded Adam state follows its parameters
@@ -245,7 +270,16 @@ def pretrain(cfg: RunConfig, out_dir: str | Path, resume: bool = False, data: Pr
 
     # the lines of the steps the checkpoint covers; later lines are from steps that will rerun
     history = [r for r in read_metrics(out) if r["step"] <= start] if metrics_path.is_file() else []
-    metrics_path.write_text("".join(json.dumps(r) + "\n" for r in history))
+
+    data = data or pretraining_data(cfg, root, progress)
+    # the first files this run writes: everything that could refuse it has been checked
+    try:
+        if data.tokenizer is not None:
+            data.tokenizer.save(str(out / TOKENIZER))
+        (out / CONFIG).write_text(json.dumps({**cfg.to_dict(), "sources": data.sources}, indent=2))
+        metrics_path.write_text("".join(json.dumps(r) + "\n" for r in history))
+    except Exception as e:   # a full disk (the tokenizer's own writer raises a plain Exception)
+        raise RunFolderError(write_failure(out, "the run's files", e)) from e
     end = min(t.steps, stop_after) if stop_after is not None else t.steps
     if start >= end:
         return TrainResult(out, start, model.eval(), history)
@@ -270,6 +304,7 @@ def _train_steps(model, optimizer, cfg, data, device, start, end, history, ckpt_
     bar = tqdm(range(start, end), initial=start, total=t.steps, desc=f"pretrain {cfg.modality}",
                disable=not progress, dynamic_ncols=True)
     completed, tic, seen = start, time.perf_counter(), 0
+    saved = start if ckpt_path.exists() else None   # the step of the checkpoint on disk
     try:
         for step in bar:
             done = step + 1
@@ -280,7 +315,9 @@ def _train_steps(model, optimizer, cfg, data, device, start, end, history, ckpt_
             try:
                 out = train_step(model, optimizer, x, g, lr=lr, tau=tau, clip_grad=t.clip_grad, autocast=autocast)
             except TrainingStopped as e:   # raised before the update: nothing of this step is kept
-                raise TrainingStopped(f"step {done}: {e} The last checkpoint is still good.") from None
+                kept = f"The checkpoint of step {saved} is still good." if saved is not None else \
+                    "No checkpoint was saved before it."
+                raise TrainingStopped(f"step {done}: {e} {kept}") from None
             completed, result = done, out.result
             seen += len(x)
             target_std = result.target_std
@@ -307,11 +344,17 @@ def _train_steps(model, optimizer, cfg, data, device, start, end, history, ckpt_
                     f"EMA decay (a larger d2v.tau_init_share, or tau0/tau_end where it is 0), a lower train.lr or a larger mask ratio.")
             if done % t.checkpoint_every == 0 or done == end:
                 save_checkpoint(ckpt_path, cfg, done, model, optimizer)
+                saved = done
     except KeyboardInterrupt as e:
         bar.close()
-        if not isinstance(e, InterruptedUpdate):  # the model is exactly the state after `completed` steps: keep it
-            save_checkpoint(ckpt_path, cfg, completed, model, optimizer)
-        raise
+        if isinstance(e, InterruptedUpdate):  # student and teacher out of step: keep what is on disk
+            kept = (f"the checkpoint of step {saved} is kept; continue with --resume" if saved is not None
+                    else "nothing was saved; run again to start over")
+            raise RunInterrupted(f"interrupted during step {completed + 1}'s update, which cannot be "
+                                 f"saved; {kept}") from e
+        save_checkpoint(ckpt_path, cfg, completed, model, optimizer)  # the state after `completed` steps
+        raise RunInterrupted(f"interrupted: saved at step {completed} in {ckpt_path.parent}; "
+                             f"continue with --resume") from e
     bar.close()
     return history
 

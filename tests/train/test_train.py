@@ -282,7 +282,7 @@ def test_checkpoint_written_atomically(fake_root, tmp_path, monkeypatch):
             fh.write(b"PK\x03\x04 half a checkpoint")
         raise OSError("disk full")
     monkeypatch.setattr("d2v_lab.train.checkpoint.torch.save", crash)
-    with pytest.raises(OSError):
+    with pytest.raises(CheckpointError, match="the previous checkpoint there is intact"):
         save_checkpoint(out / CHECKPOINT, cfg, 3, build_model(cfg))
     assert (out / CHECKPOINT).read_bytes() == before            # the good checkpoint is untouched
     assert read_checkpoint(out / CHECKPOINT)["step"] == 2
@@ -426,8 +426,8 @@ def test_cli_pretrain_writes_the_run_folder(fake_root, tmp_path, capsys):
                                              ("lr=1", "section.field=value"),
                                              ("train.lr=abc", "cannot read"),
                                              ("mask.ratio=1.5", "strictly between 0 and 1"),
-                                             ("train.lr=-1", "must be > 0"),
-                                             ("train.warmup_steps=-5", "must be >= 0"),
+                                             ("train.lr=-1", "must be a finite number > 0"),
+                                             ("train.warmup_steps=-5", "must be an integer >= 0"),
                                              ("d2v.top_k=9", "exceeds the encoder depth 2")])
 def test_cli_bad_set_returns_2(fake_root, tmp_path, capsys, setting, message):
     assert main(["pretrain", "--modality", "text", "--profile", "ci", "--out", str(tmp_path / "x"),
