@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from .stats import wilson_interval
+
 DISCRIMINATION_MARGIN = 0.15   # supervised minus random init, in accuracy, for a task to count as evidence
 
 
@@ -60,6 +62,10 @@ class TaskResult:
     @property
     def supervised_accuracy(self) -> float | None:
         return None if self.supervised is None else self.supervised["accuracy"]
+
+    def interval(self, accuracy: float) -> tuple[float, float]:
+        """The 95% Wilson interval of an accuracy measured on this task's ``n_test`` test items."""
+        return wilson_interval(accuracy, self.n_test)
 
     def to_json(self) -> dict:
         out = asdict(self)

@@ -35,7 +35,8 @@ def discrimination_line(t: TaskResult) -> str:
 
 
 def summary_table(probes: dict[str, ProbeResult]) -> str:
-    """The probe results as a Markdown table (also printed by the CLI). "discriminates": does the
+    """The probe results as a Markdown table (also printed by the CLI); the data2vec column carries its
+    95% Wilson interval over the test items in brackets. "discriminates": does the
     supervised reference beat random init by >= 15 points (the margin in brackets)? Where it does
     not, the row is no evidence for or against pretraining."""
     rows = ["| modality | task | chance | data2vec (linear) | random init | raw input | supervised | kNN (d2v) "
@@ -43,8 +44,10 @@ def summary_table(probes: dict[str, ProbeResult]) -> str:
             "|---|---|---|---|---|---|---|---|---|"]
     for m, r in probes.items():
         for t in r.tasks:
+            low, high = t.interval(t.linear.pretrained)
             rows.append(f"| {m} | {t.task} (n_test={t.n_test}) | {_pct(t.chance)} | "
-                        f"**{_pct(t.linear.pretrained)}** | {_pct(t.linear.random_init)} | "
+                        f"**{_pct(t.linear.pretrained)}** [{100 * low:.0f}, {100 * high:.0f}] | "
+                        f"{_pct(t.linear.random_init)} | "
                         f"{_pct(t.linear.raw_input)} | {_pct(t.supervised_accuracy)} | {_pct(t.knn.pretrained)} | "
                         f"{_discriminates_cell(t)} |")
     return "\n".join(rows)
