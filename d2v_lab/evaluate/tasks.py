@@ -8,6 +8,8 @@ Every task has train / val / test splits; the test split is scored, never fitted
                         is not a benchmark.
   tinystories_concepts  "Who is it about": stories that mention exactly one concept, every mention
                         replaced by [MASK]; the label is the concept.
+  tinystories_masked_word  "Which word is hidden here": one of 12 frequent words, [MASK]ed, every other
+                        class word hidden too; read out at the [MASK], where a bag of tokens is weak.
 """
 from __future__ import annotations
 
