@@ -185,6 +185,11 @@ def test_masked_word_task_counts_splits_and_balance(word_root, tok):
     assert not set(data.story["train"]) & set(data.story["val"])
     for split in ("train", "val", "test"):
         assert [story_number(tok, r) for r in data.inputs[split]] == data.story[split].tolist()
+    # ... and the other stories a window shows (its neighbours in the stream) are of its split too
+    shown = {split: {int(n) for r in data.inputs[split]
+                     for n in re.findall(r"story (\d+)", tok.decode(r.tolist(), skip_special_tokens=False))}
+             for split in ("train", "val")}
+    assert set(data.story["val"].tolist()) <= shown["val"] and not shown["train"] & shown["val"]
     # the answer is never in the input, nor any other class word; [MASK] marks the asked position
     hidden = any_form(VOCABULARY, word_forms(POOL))
     for split in ("train", "val", "test"):
