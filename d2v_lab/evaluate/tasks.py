@@ -11,6 +11,8 @@ Every task has train / val / test splits; the test split is scored, never fitted
                            pretraining), val = another speaker, train = the rest.
   tinystories_concepts     "Who is it about": stories that mention exactly one concept, every mention
                            replaced by [MASK]; the label is the concept.
+  tinystories_masked_word  "Which word is hidden here": one of 12 frequent words, [MASK]ed, every other
+                           class word hidden too; also read out at the [MASK], where a bag of tokens is weak.
 The raw-input baseline is not built here: the probe derives it from the inputs, read out exactly as
 the models' features are (``features.RawInput``).
 """
@@ -28,7 +30,7 @@ from tokenizers import Tokenizer
 from d2v_lab.data import load_cifar10, load_fsdd, load_speech_commands, load_stories
 from d2v_lab.data.concepts import CONCEPT_WORDS, concepts_in, mask_concept
 from d2v_lab.data.speech_commands import find_speech_commands
-from d2v_lab.data.tokenizer import CLS_ID, MASK_ID, PAD_ID, SPECIAL_TOKENS, UNK_ID, padded_row
+from d2v_lab.data.tokenizer import CLS_ID, MASK_ID, PAD_ID, SEP_ID, SPECIAL_TOKENS, UNK_ID, padded_row
 from d2v_lab.train.inputs import audio_inputs, fsdd_speaker_splits
 
 SPLITS = ("train", "val", "test")
@@ -261,72 +263,129 @@ def masked_word_vocabulary(stories: list[str], per_pos: int = 4, candidates=None
     return tuple(picked)
 
 
+def _single_token_forms(tok: Tokenizer, forms: dict[str, tuple[str, ...]]) -> dict[int, str]:
+    """token id -> word, for every form that is one token of its own (" play" -> "Ġplay"): a word the
+    BPE starts with that token ("player", "playtime", "goal") carries the answer's own token id."""
+    ids = {}
+    for w, fs in forms.items():
+        for f in fs:
+            for variant in {f, f.lower(), f.capitalize(), f.upper()}:
+                enc = tok.encode(" " + variant, add_special_tokens=False).ids
+                if len(enc) == 1:
+                    ids[enc[0]] = w
+    return ids
+
+
+def _hide_mentions(story: str, enc, pattern: re.Pattern, owner: dict[str, str], form_ids: dict[int, str]):
+    """A story's tokens with every mention of a class word collapsed into ONE placeholder: (ids,
+    spans, mentions), where a placeholder is the id ``-1 - i`` of mention i, spans are the characters
+    each token covers, and mentions[i] = (word, askable). Mentions are the regex's whole-word forms
+    (askable) and any word whose first token is a form's own token ("player": never asked)."""
+    ids, spans = enc.ids, enc.offsets
+    owner_of = np.full(len(ids), -1)
+    mentions: list[tuple[str, bool]] = []
+    starts, ends = np.array([a for a, _ in spans]), np.array([b for _, b in spans])
+    for m in pattern.finditer(story):
+        # a mention owns the tokens that overlap its characters (byte-level BPE never merges across a
+        # word's edge) and the space before it: a rare word can be "Ġ" + pieces, not "Ġpiece" + pieces
+        start = m.start() - (m.start() > 0 and story[m.start() - 1] == " ")
+        owner_of[(starts < m.end()) & (ends > start)] = len(mentions)
+        mentions.append((owner[m.group(0).lower()], True))
+    k = 0
+    while k < len(ids):
+        if owner_of[k] < 0 and ids[k] in form_ids:
+            j = k + 1
+            while j < len(ids) and _inside_word(story, spans[j - 1], spans[j]):
+                j += 1
+            owner_of[k:j] = len(mentions)
+            mentions.append((form_ids[ids[k]], False))
+            k = j
+        else:
+            k += 1
+    out_ids, out_spans = [], []
+    for k, (t, i) in enumerate(zip(ids, owner_of)):
+        if i < 0:
+            out_ids.append(t)
+            out_spans.append(spans[k])
+        elif k == 0 or owner_of[k - 1] != i:   # a mention's first token: its placeholder
+            out_ids.append(-1 - int(i))
+            out_spans.append(spans[k])
+        else:                                   # later tokens of the mention widen its span
+            out_spans[-1] = (out_spans[-1][0], spans[k][1])
+    return out_ids, out_spans, mentions
+
+
+def _inside_word(text: str, before: tuple[int, int], after: tuple[int, int]) -> bool:
+    """Do two adjacent tokens of ``text`` (character spans) split a word between them?"""
+    a = after[0]
+    return before[1] == a and 0 < a < len(text) and text[a - 1].isalnum() and text[a].isalnum()
+
+
 def masked_word_windows(stories: list[str], tok: Tokenizer, seq_len: int, words: tuple[str, ...],
                         forms: dict[str, tuple[str, ...]] | None = None):
-    """One example per (story, word of ``words`` the story contains), as (ids, labels, story index).
+    """One example per (story, word of ``words`` the story mentions), as (ids, labels, story index).
 
     The word's FIRST mention becomes one [MASK]: the position the probe asks about. Every other
-    mention of it, and every mention of every other word of ``words`` (any form, any case), becomes
-    one [UNK]. So no input contains its answer, there is exactly one [MASK] per input, a word's length
-    in tokens does not show, and the visible text of a window does not depend on which of its words
-    is asked: a bag of its tokens cannot rule out the words it sees (they are never visible) and can
-    only guess from the rest of the story.
+    mention of it and of every other word of ``words`` (any form, any case), and every word the BPE
+    starts with such a word's own token ("player" starts with " play"), becomes one [UNK]. So no
+    input holds its answer's tokens, there is exactly one [MASK] per input, a word's length in tokens
+    does not show, and the visible text does not depend on which word is asked: a bag of tokens cannot
+    rule out the class words it sees (it never sees one) and can only guess from the topic.
 
-    The window: [CLS], up to ``(seq_len - 1) // 2`` tokens before the [MASK], the [MASK], the tokens
-    after it; [PAD] fills in on the left (mention near the story's start) and on the right. So the
-    [MASK] sits at the same index in every input and its position embedding says nothing: where a
-    word is first mentioned ("a little girl" opens many stories) cannot be read off the position,
-    only off the text around it. (Centring the window where the story allows instead gave a random
-    encoder's layer 0, which sees nothing but the [MASK] and its position, 23% on 12 words.)
+    The inputs are cut, as in pretraining (``pack_windows``), from ``stories`` as one stream, each
+    story followed by [SEP]; every input is [CLS] + ``seq_len - 1`` tokens of that stream with the
+    [MASK] at the same index, ``(seq_len - 1) // 2 + 1``. So neither the [MASK]'s position embedding
+    nor how much text surrounds it tells where in its story the word is first mentioned ("a little
+    girl" opens many stories); only the text does (a [SEP] before "once upon a time"). Windows cut
+    from a single story instead told it: centred where the story allows, the [MASK]'s position gave
+    a random encoder's layer 0 (the [MASK] embedding and its position, nothing else) 23% on 12 words;
+    with the [MASK] at a fixed index and [PAD] around, the amount of text gave a bag of tokens 21%
+    (17% here). [PAD] remains only before the first and after the last story, and where a window's
+    edge would cut a word: its visible part is dropped (a cut "hide-and-seek" reads "hide-and-see").
+    Pass the stories of ONE split: the stream's other stories appear in its windows.
 
-    The story is tokenized as it is, and a mention's tokens (found by their character offsets) are
-    then replaced: writing "[MASK]" into the text instead would make the byte-level BPE start the
-    text after it anew, with a stray "Ġ" token before punctuation that pretraining never saw."""
+    Each story is tokenized as it is and a mention's tokens (found by their character offsets) are
+    replaced: writing "[MASK]" into the text instead would make the byte-level BPE start the text
+    after it anew, with a stray "Ġ" token before punctuation that pretraining never saw."""
     forms = word_forms() if forms is None else forms
     pattern, owner = _forms_regex({w: forms[w] for w in words})
+    form_ids = _single_token_forms(tok, {w: forms[w] for w in words})
+    stream: list[int] = []                      # token ids; a placeholder -1 - i for mention i
+    where: list[tuple[int, int, int] | None] = []   # (story, start, end) characters; None for [SEP]
+    asks: list[tuple[int, int, int]] = []       # (stream position, mention, story) of each example
+    labels = []
+    n_mentions = 0
+    for s, (story, enc) in enumerate(zip(stories, tok.encode_batch(stories, add_special_tokens=False))):
+        ids, spans, mentions = _hide_mentions(story, enc, pattern, owner, form_ids)
+        first = {}
+        for k, t in enumerate(ids):
+            if t < 0 and mentions[-1 - t][1]:
+                first.setdefault(mentions[-1 - t][0], (len(stream) + k, n_mentions - 1 - t))
+        for w in words:
+            if w in first:
+                asks.append((*first[w], s))
+                labels.append(words.index(w))
+        stream += [t if t >= 0 else t - n_mentions for t in ids] + [SEP_ID]
+        where += [(s, a, b) for a, b in spans] + [None]
+        n_mentions += len(mentions)
 
-    def starts_word(t: int) -> bool:   # byte-level BPE: a word's first piece carries its leading space "Ġ"
-        piece = tok.id_to_token(t)
-        return t < len(SPECIAL_TOKENS) or not piece or not piece[0].isalnum()
+    def cuts_word(p: int) -> bool:  # does the boundary before stream position p split a word?
+        a, b = where[p - 1], where[p]
+        return a is not None and b is not None and a[0] == b[0] and _inside_word(stories[a[0]], a[1:], b[1:])
 
     body = seq_len - 1
     half = body // 2
-    rows, labels, story_idx = [], [], []
-    for s, (story, enc) in enumerate(zip(stories, tok.encode_batch(stories, add_special_tokens=False))):
-        mentions = list(pattern.finditer(story))
-        if not mentions:
-            continue
-        # token -> the mention it belongs to (-1: none); a token overlaps a mention's characters
-        # (byte-level BPE never merges across a word's edge, so a mention owns whole tokens)
-        starts = np.array([a for a, _ in enc.offsets])
-        ends = np.array([b for _, b in enc.offsets])
-        owner_of = np.full(len(enc.ids), -1)
-        for i, m in enumerate(mentions):
-            owner_of[(starts < m.end()) & (ends > m.start())] = i
-        kind = [owner[m.group(0).lower()] for m in mentions]
-        for w in words:
-            if w not in kind:
-                continue
-            asked = kind.index(w)
-            ids, last = [], -1
-            for t, i in zip(enc.ids, owner_of):
-                if i < 0:
-                    ids.append(t)
-                elif i != last:  # a mention's first token: one special token for the whole mention
-                    ids.append(MASK_ID if i == asked else UNK_ID)
-                last = i
-            at = ids.index(MASK_ID)
-            left = ids[max(0, at - half):at]
-            right = ids[at:at + body - half]
-            # never end a window inside a word: a cut "seek" would leave a piece that reads "see"
-            while len(right) > 1 and at + len(right) < len(ids) and not starts_word(ids[at + len(right)]):
-                right = right[:-1]
-            row = [CLS_ID] + [PAD_ID] * (half - len(left)) + left + right
-            rows.append(row + [PAD_ID] * (seq_len - len(row)))
-            labels.append(words.index(w))
-            story_idx.append(s)
+    rows = []
+    for at, mention, _ in asks:
+        lo, hi = max(0, at - half), min(len(stream), at + body - half)
+        while lo < at and lo > 0 and cuts_word(lo):
+            lo += 1
+        while hi > at + 1 and hi < len(stream) and cuts_word(hi):
+            hi -= 1
+        ids = [MASK_ID if t == -1 - mention else UNK_ID if t < 0 else t for t in stream[lo:hi]]
+        rows.append([CLS_ID] + [PAD_ID] * (lo - (at - half)) + ids + [PAD_ID] * (at + body - half - hi))
     return (torch.tensor(rows, dtype=torch.long).view(-1, seq_len), np.array(labels, dtype=np.int64),
-            np.array(story_idx, dtype=np.int64))
+            np.array([s for *_, s in asks], dtype=np.int64))
 
 
 def _balanced(labels: np.ndarray, n_classes: int, rng: np.random.Generator) -> np.ndarray:
@@ -381,14 +440,23 @@ def masked_word_task(tok: Tokenizer, seq_len: int, root=None, seed: int = 0, per
     forms = word_forms(candidates)
     train_stories = load_stories("train", root)[:max_stories]
     words = masked_word_vocabulary(train_stories, per_pos, candidates)
-    x_tr, y_tr, s_tr = masked_word_windows(train_stories, tok, seq_len, words, forms)
-    x_te, y_te, s_te = masked_word_windows(load_stories("valid", root), tok, seq_len, words, forms)
-    if len(set(s_tr)) < 2 or len(y_te) == 0:
+    # split BY STORY before cutting windows: a window shows its neighbours in the stream, and they
+    # must be stories of its own split. Stratified on the words each story mentions.
+    pattern, owner = _forms_regex({w: forms[w] for w in words})
+    mentioned = [(s, words.index(w)) for s, story in enumerate(train_stories)
+                 for w in sorted({owner[m.group(0).lower()] for m in pattern.finditer(story)}, key=words.index)]
+    groups = np.array([s for s, _ in mentioned], dtype=np.int64)
+    if len(set(groups.tolist())) < 2:
         raise ValueError(f"too few stories with the words {words} for a probe")
     folds = StratifiedGroupKFold(n_splits=max(2, round(1 / val_fraction)), shuffle=True, random_state=seed)
-    tr, va = next(folds.split(x_tr, y_tr, groups=s_tr))
-    parts = {"train": (x_tr[tr], y_tr[tr], s_tr[tr]), "val": (x_tr[va], y_tr[va], s_tr[va]),
-             "test": (x_te, y_te, s_te)}
+    _, va = next(folds.split(groups, np.array([c for _, c in mentioned]), groups))
+    val_stories = set(groups[va].tolist())
+    parts = {}
+    for k, idx in (("train", [i for i in range(len(train_stories)) if i not in val_stories]),
+                   ("val", sorted(val_stories))):
+        xs, ys, ss = masked_word_windows([train_stories[i] for i in idx], tok, seq_len, words, forms)
+        parts[k] = (xs, ys, np.array(idx, dtype=np.int64)[ss])
+    parts["test"] = masked_word_windows(load_stories("valid", root), tok, seq_len, words, forms)
     before = {k: {w: int((p[1] == i).sum()) for i, w in enumerate(words)} for k, p in parts.items()}
     kept = [i for i, w in enumerate(words) if all(before[k][w] >= min_examples for k in parts)]
     if len(kept) < 2:
@@ -407,5 +475,6 @@ def masked_word_task(tok: Tokenizer, seq_len: int, root=None, seed: int = 0, per
               "stories": {k: len(set(v.tolist())) for k, v in story.items()}}
     return MaskedWordData("tinystories_masked_word", "text", tuple(words[i] for i in kept), x, y,
                           {k: _bag_of_tokens(v, vocab) for k, v in x.items()},
-                          "a word's first mention is [MASK], every other mention of a class word [UNK]; "
-                          "balanced classes; features at the [MASK]", counts, story)
+                          "a word's first mention is [MASK], every other mention of a class word [UNK], in "
+                          "windows of the split's story stream; balanced classes; features at the [MASK]",
+                          counts, story)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from d2v_lab.data import load_stories
-from d2v_lab.data.tokenizer import CLS_ID, MASK_ID, PAD_ID, UNK_ID, load_tokenizer, train_bpe
+from d2v_lab.data.tokenizer import CLS_ID, MASK_ID, PAD_ID, SEP_ID, load_tokenizer, train_bpe
 from d2v_lab.evaluate import probe as probe_mod
 from d2v_lab.evaluate.features import layer_features
 from d2v_lab.evaluate.tasks import (
@@ -43,7 +43,7 @@ VALID = (
     + ["Nothing to see. Story 9."]                                        # none
 )
 # stories per word: train ball 10 + 6, tree 8, sad 8 + 6, happy 10, park 6; test ball 5, tree 3, happy 2, sad 4
-SEQ = 64    # the ci model's length; these stories are at most 37 tokens: every window holds its whole story
+SEQ = 128   # these stories are at most 37 tokens: a window holds the whole story it asks about
 VOCABULARY = ("ball", "tree", "sad", "happy")   # per part of speech, by stories: ball 16 > tree 8 > park 6; sad 14 > happy 10
 
 
@@ -65,8 +65,17 @@ def any_form(words, forms) -> re.Pattern:
     return re.compile(r"\b(?:" + "|".join(f for w in words for f in forms[w]) + r")\b", re.IGNORECASE)
 
 
+def own_story(tok, row) -> str:
+    """The text of the story a window asks about: between the [SEP]s (or [PAD]s) around its [MASK]."""
+    ids = row.tolist()
+    at = ids.index(MASK_ID)
+    lo = max(i for i in range(at) if ids[i] in (CLS_ID, SEP_ID, PAD_ID)) + 1
+    hi = min([i for i in range(at, len(ids)) if ids[i] in (SEP_ID, PAD_ID)] + [len(ids)])
+    return tok.decode(ids[lo:hi], skip_special_tokens=False).strip()
+
+
 def story_number(tok, row) -> int:
-    return int(re.search(r"story (\d+)", tok.decode(row.tolist(), skip_special_tokens=False)).group(1))
+    return int(re.search(r"story (\d+)\.$", own_story(tok, row)).group(1))
 
 
 def test_vocabulary_rule_takes_the_most_frequent_words_of_each_part_of_speech():
@@ -90,43 +99,71 @@ def test_windows_hide_every_form_of_every_word_and_mask_exactly_the_first_mentio
     assert np.bincount(y, minlength=4).tolist() == [16, 8, 14, 10]
     assert len(set(story.tolist())) == 24                               # the 6 stories without a word: none
     hidden = any_form(VOCABULARY, forms)
-    for row, label, s in zip(x, y, story):
+    for row, s in zip(x, story):
         text = tok.decode(row.tolist(), skip_special_tokens=False)
         assert row[0] == CLS_ID and (row == MASK_ID).sum() == 1         # one question per input
         assert not hidden.search(text), text                            # no answer, and no other class word
         assert story_number(tok, row) == s
     # "the ball ... the ball ... happy": ball's first mention is [MASK], its second and "happy" are [UNK]
-    visible = lambda row: tok.decode(row[row != PAD_ID].tolist(), skip_special_tokens=False)  # noqa: E731
-    assert y[0] == 0 and visible(x[0]) == "[CLS] tom kicked the[MASK]. the[UNK] was red. tom was[UNK]. story 0."
-    assert y[1] == 3 and visible(x[1]) == "[CLS] tom kicked the[UNK]. the[UNK] was red. tom was[MASK]. story 0."
-    # the [MASK] sits at the same index in every input, [PAD] filling in before a mention near the start
-    at = 1 + (SEQ - 1) // 2
-    assert (x[:, at] == MASK_ID).all()
-    before = len(tok.encode("Tom kicked the", add_special_tokens=False).ids)
-    assert (x[0, 1:at - before] == PAD_ID).all() and (x[0, at - before:at] != PAD_ID).all()
+    assert y[0] == 0 and own_story(tok, x[0]) == "tom kicked the[MASK]. the[UNK] was red. tom was[UNK]. story 0."
+    assert y[1] == 3 and own_story(tok, x[1]) == "tom kicked the[UNK]. the[UNK] was red. tom was[MASK]. story 0."
     # the visible text does not depend on which word is asked: the same story's inputs differ only in
-    # where the [MASK] is, and where the window starts (so a bag of tokens can only guess from the story)
-    unasked = [r[r != PAD_ID] for r in torch.where(x == MASK_ID, UNK_ID, x)]
+    # where the [MASK] is (so a bag of tokens can only guess from the story's other words)
     for s in np.unique(story):
-        rows = [r for r, t in zip(unasked, story) if t == s]
-        assert all(torch.equal(r, rows[0]) for r in rows)
+        texts = {own_story(tok, r).replace("[MASK]", "[UNK]") for r in x[story == s]}
+        assert len(texts) == 1
 
 
-def test_windows_put_the_mask_mid_window_so_its_position_says_nothing(tok):
-    long = " ".join(["Sam sat down."] * 40) + " The ball was red. " + " ".join(["Sam sat down."] * 40)
-    x, y, _ = masked_word_windows([long, "The ball.", "Sam sat down. " * 40 + "A ball."], tok, 33, ("ball",),
-                                  word_forms(POOL))
-    assert y.tolist() == [0, 0, 0]
-    assert (x[:, 17] == MASK_ID).all()                                  # [CLS] + 16 tokens (or [PAD]) before it
-    assert (x[0, :18] != PAD_ID).all()                                  # a long story fills the window's left
-    filled = int((x[0] != PAD_ID).sum())                                # and its right up to the last whole word
-    assert filled >= 33 - 4 and (x[0, filled:] == PAD_ID).all()
-    assert (x[1, 1:16] == PAD_ID).all() and (x[1, 19:] == PAD_ID).all()  # " the" [MASK] "." and pads around
-    assert (x[2, :18] != PAD_ID).all() and (x[2, 19:] == PAD_ID).all()  # a mention at the end: only left context
+def test_windows_are_cut_from_the_story_stream_with_the_mask_at_one_index():
+    """As in pretraining, the stories form one [SEP]-separated stream; the [MASK] sits at the same
+    index in every window, so neither its position nor the amount of text says where in its story the
+    word is; [PAD] only before the first story and after the last."""
+    filler = "Sam sat down on the red mat. " * 12
+    stories = ["The ball was red.", filler, "A tree. " + filler, filler + "The end, said the ball."]
+    tok = train_bpe(stories * 10, vocab_size=400)                      # every word one token: no edge cuts a word
+    x, y, story = masked_word_windows(stories, tok, 33, ("ball", "tree"), word_forms(POOL))
+    assert y.tolist() == [0, 1, 0] and story.tolist() == [0, 2, 3]
+    assert (x[:, 17] == MASK_ID).all()                                  # [CLS] + 16 tokens before it
+    assert (x[0, 1:16] == PAD_ID).all() and (x[0, 16:] != PAD_ID).all()  # nothing before "the" [MASK]
+    assert (x[1] != PAD_ID).all() and (x[1] == SEP_ID).sum() == 1       # a full window across a [SEP]
+    assert (x[2, :18] != PAD_ID).all() and (x[2, -12:] == PAD_ID).all()  # nothing after the last story
     # so an encoder's layer 0 (the [MASK] embedding plus its position) is the same for every input
     model = build_model(get_profile("text", "ci")).student
     layer0 = layer_features(model, x, select=x == MASK_ID)["mean"][0]
     assert np.allclose(layer0, layer0[0])
+
+
+def test_windows_never_end_inside_a_word():
+    """A window's edge that would cut a word drops the word's visible part ([PAD] instead), so no
+    fragment such as "hide-and-see" (of "hide-and-seek") shows: every word in a window is a whole
+    word of the stories."""
+    story = "The ball and the abracadabra hullabaloo of supercalifragilistic kangaroos. "
+    stories = [" ".join([story] * (i % 3 + 1)) + "Then the ball bounced." for i in range(12)]
+    tok = train_bpe(stories, vocab_size=270)                            # few merges: long words are many tokens
+    assert len(tok.encode(" supercalifragilistic", add_special_tokens=False).ids) > 3
+    x, _, story = masked_word_windows(stories, tok, 40, ("ball",), word_forms(POOL))
+    whole = set(re.findall(r"[a-z]+", " ".join(stories).lower()))
+    for row in x:
+        text = tok.decode(row.tolist(), skip_special_tokens=True)
+        assert set(re.findall(r"[a-z]+", text)) <= whole, text
+    # [PAD] away from the stream's ends: a word's visible part was dropped at an edge
+    middle = (story > 0) & (story < len(stories) - 1)
+    assert (x[torch.from_numpy(middle)] == PAD_ID).any()
+
+
+def test_words_that_begin_with_a_class_words_token_are_hidden_too():
+    """"player" is " play" + "er" to the BPE: the answer's own token. Such words are hidden ([UNK],
+    never asked), so no input holds the token of any form of a class word."""
+    stories = ["Tom likes to play. The player won. Playtime is fun. We played ball."]
+    tok = train_bpe(["We play and play, play."] * 20 + stories, vocab_size=270)   # few merges: " play"+"er"
+    play = tok.token_to_id("Ġplay")
+    assert play is not None and tok.encode(" player", add_special_tokens=False).ids[0] == play
+    forms = {"play": ("play", "plays", "played"), "ball": ("ball",)}
+    x, y, _ = masked_word_windows(stories, tok, 64, ("play", "ball"), forms)
+    assert y.tolist() == [0, 1]
+    assert own_story(tok, x[0]) == "tom likes to[MASK]. the[UNK] won.[UNK] is fun. we[UNK][UNK]."
+    own = [tok.encode(" " + f, add_special_tokens=False).ids for fs in forms.values() for f in fs]
+    assert not (set(x.flatten().tolist()) & {ids[0] for ids in own if len(ids) == 1})
 
 
 def test_masked_word_task_counts_splits_and_balance(word_root, tok):
@@ -148,6 +185,11 @@ def test_masked_word_task_counts_splits_and_balance(word_root, tok):
     assert not set(data.story["train"]) & set(data.story["val"])
     for split in ("train", "val", "test"):
         assert [story_number(tok, r) for r in data.inputs[split]] == data.story[split].tolist()
+    # ... and the other stories a window shows (its neighbours in the stream) are of its split too
+    shown = {split: {int(n) for r in data.inputs[split]
+                     for n in re.findall(r"story (\d+)", tok.decode(r.tolist(), skip_special_tokens=False))}
+             for split in ("train", "val")}
+    assert set(data.story["val"].tolist()) <= shown["val"] and not shown["train"] & shown["val"]
     # the answer is never in the input, nor any other class word; [MASK] marks the asked position
     hidden = any_form(VOCABULARY, word_forms(POOL))
     for split in ("train", "val", "test"):
@@ -185,7 +227,7 @@ def test_limit_train_keeps_the_stories_aligned(word_root, tok):
 def test_probe_backbone_reads_the_features_at_the_mask(word_root, tok, monkeypatch):
     """run_probe's readout offers a masked-word task the [MASK] position as one more pool ("masked"),
     next to the window pools every task has: layer_features(select=inputs == [MASK])."""
-    data = masked_word_task(tok, SEQ, word_root, candidates=POOL, per_pos=2)
+    data = masked_word_task(tok, 64, word_root, candidates=POOL, per_pos=2)
     cfg = get_profile("text", "ci")
     model = build_model(cfg).eval()
     seen = {}
@@ -217,14 +259,21 @@ def test_run_probe_of_a_text_run_reports_the_masked_word_task(tmp_path):
 
 @pytest.mark.integration
 def test_masked_word_windows_on_real_stories_never_show_the_answer(shared_root):
-    tok = load_tokenizer(shared_root, 1024)
+    """On the held-out stories, with the text profile's tokenizer size: no window shows a form of any
+    class word, as text or as a form's own token, and none ends inside a word."""
+    tok = load_tokenizer(shared_root, 4096)
     stories = load_stories("valid", shared_root)
     words = masked_word_vocabulary(load_stories("train", shared_root))
+    assert len(words) == 12 and set(MASKED_WORD_CANDIDATES) == {"noun", "verb", "adjective"}
     forms = word_forms()
-    x, y, story = masked_word_windows(stories, tok, 128, words, forms)
+    x, y, _ = masked_word_windows(stories, tok, 128, words, forms)
     assert len(y) > 1000 and set(np.unique(y)) == set(range(len(words)))
-    assert ((x == MASK_ID).sum(1) == 1).all()
+    assert ((x == MASK_ID).sum(1) == 1).all() and (x[:, 64] == MASK_ID).all()
+    own = [tok.encode(" " + f, add_special_tokens=False).ids for w in words for f in forms[w]]
+    assert not set(x.flatten().tolist()) & {ids[0] for ids in own if len(ids) == 1}
     hidden = any_form(words, forms)
+    whole = set(re.findall(r"\w+", " ".join(stories).lower()))
     for row in x:
-        assert not hidden.search(tok.decode(row.tolist(), skip_special_tokens=False))
-    assert set(MASKED_WORD_CANDIDATES) == {"noun", "verb", "adjective"}
+        text = tok.decode(row.tolist(), skip_special_tokens=False)
+        assert not hidden.search(text), text
+        assert set(re.findall(r"\w+", tok.decode(row.tolist(), skip_special_tokens=True))) <= whole
