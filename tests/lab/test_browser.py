@@ -271,7 +271,9 @@ def _shot(box, name: str) -> None:
 
 
 def _figure_rendered(img) -> None:
-    assert img.evaluate("e => e.complete && e.naturalWidth > 100"), "the widget's figure did not render"
+    """The figure's image is decoded (ready to paint, so a screenshot shows it) and not empty."""
+    width = img.evaluate("e => e.decode().then(() => e.naturalWidth)")
+    assert width > 100, f"the widget's figure did not render (image width {width})"
 
 
 def _shutdown_kernels(base: str, token: str) -> None:
@@ -343,6 +345,7 @@ def test_mask_ratio_slider_redraws_the_masks_in_jupyterlab(notebooks, committed)
     expect(readout).to_have_text("0.60")
     expect(note).to_contain_text("asked 60%; achieved: image 59.4%", timeout=REDRAW_S * 1000)
     expect(img).to_have_attribute("src", first_src, timeout=REDRAW_S * 1000)
+    _figure_rendered(img)
     _shot(box, "01_masking-2-ratio-0.60-again")
     changed = _changed_share(first_png, img.screenshot())
     assert changed == 0.0, f"the figure for 0.60 looks different the second time: {changed:.2%} of its pixels"
