@@ -126,8 +126,9 @@ def teacher_dynamics(modality: str = "image", tau: float = 0.98, top_k: int = 2,
       tau = 1 stays exactly at 0; the lower tau, the closer it follows the student.
 
     With ``probe``, the k-NN accuracy of the final teacher, the final student and the initial weights
-    (``knn_teacher``, ``knn_student``, ``knn_initial``). With ``min_target_std`` > 0 the guard is on: a
-    run it stops ends early and ``stopped`` holds the guard's message (else None)."""
+    (``knn_teacher``, ``knn_student``, ``knn_initial``, over ``knn_n_test`` test samples). With
+    ``min_target_std`` > 0 the guard is on: a run it stops ends early and ``stopped`` holds the
+    guard's message (else None)."""
     cfg = demo_config(modality, tau, top_k, profile, seed, lr, target_norm, min_target_std)
     data = data or pretraining_data(cfg, root, progress=False)
     curves = {k: [] for k in ("step", "loss", "target_std", "target_drift", "teacher_distance", "student_distance")}
@@ -161,7 +162,7 @@ def teacher_dynamics(modality: str = "image", tau: float = 0.98, top_k: int = 2,
     if probe is not None:
         model = last["model"].eval()
         result.update(knn_teacher=probe.accuracy(model.teacher), knn_student=probe.accuracy(model.student),
-                      knn_initial=probe.accuracy(initial.teacher))
+                      knn_initial=probe.accuracy(initial.teacher), knn_n_test=len(probe.y_test))
     return result
 
 
