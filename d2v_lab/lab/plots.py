@@ -163,6 +163,15 @@ def show_text_mask(tokens: list[str], mask, asked: float | None = None, ax=None,
     return _save(fig, path)
 
 
+# one colour per decay in every EMA figure (the demo's four, and the widget's other choices); runs with
+# collapsing targets are red
+TAU_COLOURS = {0.0: "C0", 0.5: "C4", 0.8: "C8", 0.9: "C1", 0.95: "C6", 0.98: "C2", 0.99: "C9", 1.0: "C7"}
+
+
+def _run_colour(run: dict) -> str:
+    return "C3" if run.get("target_norm") else TAU_COLOURS.get(run["tau"], "C5")
+
+
 def tau_label(run: dict) -> str:
     """How a ``demos.teacher_dynamics`` run is named in legends: its tau and what that tau means."""
     tau = run["tau"]
@@ -188,8 +197,8 @@ def plot_teacher_dynamics(runs: list[dict], axes=None, path=None):
     if axes is None:
         fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
     fig = axes[0].figure
-    for i, r in enumerate(runs):
-        colour = f"C{i}"
+    for r in runs:
+        colour = _run_colour(r)
         axes[0].plot(r["step"], r["target_drift"], color=colour, label=tau_label(r))
         axes[1].plot(r["step"], r["teacher_distance"], color=colour, label=f"teacher, tau={r['tau']:g}")
         axes[1].plot(r["step"], r["student_distance"], color=colour, ls="--", lw=1, alpha=0.7)
@@ -217,10 +226,10 @@ def plot_loss_vs_features(runs: list[dict], ax=None, path=None):
     final teacher's features, one point per ``demos.teacher_dynamics`` run that has a probe, with the
     accuracy's binomial standard error; the random-init weights' k-NN accuracy as a reference line."""
     fig, ax = _new_axes(ax, figsize=(6.5, 4))
-    for i, r in enumerate(runs):
+    for r in runs:
         loss, p = _final(r["loss"]), r["knn_teacher"]
         se = 100 * np.sqrt(p * (1 - p) / r["knn_n_test"])
-        ax.errorbar(loss, 100 * p, yerr=se, color=f"C{i}", fmt="X" if r.get("target_norm") else "o", ms=8,
+        ax.errorbar(loss, 100 * p, yerr=se, color=_run_colour(r), fmt="X" if r.get("target_norm") else "o", ms=8,
                     capsize=3, zorder=3, label=f"{tau_label(r)}: loss {loss:.3f}, k-NN {100 * p:.1f} ± {se:.1f}%")
     initial = 100 * runs[0]["knn_initial"]
     ax.axhline(initial, color="black", ls=":", lw=1.5, label=f"random init (= the tau=1 teacher): {initial:.1f}%")
@@ -241,8 +250,8 @@ def plot_collapse(collapse: dict, healthy: dict | None = None, axes=None, path=N
         fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
     fig = axes[0].figure
     guarded, free = collapse["guarded"], collapse["unguarded"]
-    runs = ([(healthy, "tab:gray", tau_label(healthy) + ", default targets")] if healthy else []) + \
-        [(free, "tab:red", tau_label(free) + ", guard off")]
+    runs = ([(healthy, _run_colour(healthy), tau_label(healthy) + ", default targets")] if healthy else []) + \
+        [(free, _run_colour(free), tau_label(free) + ", guard off")]
     for r, colour, label in runs:
         axes[0].plot(r["step"], r["target_std"], color=colour, label=label)
         axes[1].plot(r["step"], r["loss"], color=colour, lw=1, label=f"{label}: last 10 updates {_final(r['loss']):.3f}")
