@@ -1,8 +1,8 @@
-"""Small, fast experiments the notebooks, widgets and the tour run: example masks, and what the EMA decay
-and K do to the targets.
+"""Small, fast experiments the notebooks, widgets and the tour run: example masks, what the EMA decay
+and K do to the teacher and its targets, and targets that collapse.
 
-They use the real training loop (``train.pretrain``) on a ``ci``-sized model for a few dozen steps,
-so what a learner sees is what full training does, only shorter.
+They use the real training loop (``train.pretrain``) on a ``ci``-sized model for up to a hundred
+updates, so what a learner sees is what full training does, only shorter.
 """
 from __future__ import annotations
 
