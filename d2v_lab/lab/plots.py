@@ -199,23 +199,110 @@ def show_text_mask(tokens: list[str], mask, asked: float | None = None, ax=None,
     return _save(fig, path)
 
 
+# one colour per decay in every EMA figure (the demo's four, and the widget's other choices); runs with
+# collapsing targets are red
+TAU_COLOURS = {0.0: "C0", 0.5: "C4", 0.8: "C8", 0.9: "C1", 0.95: "C6", 0.98: "C2", 0.99: "C9", 1.0: "C7"}
+
+
+def _run_colour(run: dict) -> str:
+    return "C3" if run.get("target_norm") else TAU_COLOURS.get(run["tau"], "C5")
+
+
+def tau_label(run: dict) -> str:
+    """How a ``demos.teacher_dynamics`` run is named in legends: its tau and what that tau means."""
+    tau = run["tau"]
+    if tau == 0:
+        what = "teacher = student"
+    elif tau >= 1:
+        what = "frozen: never moves"
+    else:
+        what = f"memory {1 / (1 - tau):.0f} updates"
+    norm = f", {run['target_norm']}-norm targets" if run.get("target_norm") else ""
+    return f"tau={tau:g} ({what}{norm})"
+
+
+def _final(values, last: int = 10) -> float:
+    return float(np.mean(values[-last:]))
+
+
 def plot_teacher_dynamics(runs: list[dict], axes=None, path=None):
-    """Target drift per update and target std, for one or more ``demos.teacher_dynamics`` runs."""
+    """Three readouts of ``demos.teacher_dynamics`` runs against the update step: how far the targets
+    of a fixed batch moved in each update (symlog, so the frozen teacher's exact 0 is drawn too), how
+    far the teacher's weights (solid; the student's dashed) are from the initial weights, and the
+    training loss."""
     if axes is None:
-        fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+        fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
     fig = axes[0].figure
     for r in runs:
-        label = f"tau={r['tau']:g}, K={r['top_k']}"
-        axes[0].plot(r["step"], r["target_drift"], label=label)
-        axes[1].plot(r["step"], r["target_std"], label=label)
-        axes[2].plot(r["step"], r["loss"], label=label)
-    axes[0].set_ylabel("relative change of the targets\nsince the previous update")
-    axes[0].set_yscale("log")
-    axes[1].set_ylabel("target std across positions")
-    axes[1].set_ylim(bottom=0)
+        colour = _run_colour(r)
+        axes[0].plot(r["step"], r["target_drift"], color=colour, label=tau_label(r))
+        axes[1].plot(r["step"], r["teacher_distance"], color=colour, label=f"teacher, tau={r['tau']:g}")
+        axes[1].plot(r["step"], r["student_distance"], color=colour, ls="--", lw=1, alpha=0.7)
+        axes[2].plot(r["step"], r["loss"], color=colour, lw=1, label=f"tau={r['tau']:g}: last 10 updates "
+                     f"{_final(r['loss']):.3f}")
+    axes[0].set_yscale("symlog", linthresh=1e-3)
+    axes[0].set_ylim(bottom=-3e-4)       # a frozen teacher's drift is exactly 0: keep that line off the axis
+    axes[0].set_ylabel("relative change of the targets\nin one update (symlog)")
+    axes[0].set_title("targets of a fixed held-out batch", fontsize=9)
+    axes[1].plot([], [], color="gray", ls="--", lw=1, label="students (dashed)")
+    axes[1].set_ylabel("relative L2 distance of the weights\nfrom the initial weights")
+    axes[1].set_ylim(bottom=-0.01)
+    axes[1].set_title("teacher (solid) and student (dashed)", fontsize=9)
     axes[2].set_ylabel("training loss (masked positions)")
+    axes[2].set_title("each tau against its own targets", fontsize=9)
     for ax in axes:
-        ax.set_xlabel("update step")
+        ax.set_xlabel("update step (constant learning rate)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_loss_vs_features(runs: list[dict], ax=None, path=None):
+    """Final training loss (mean of the last 10 updates, log axis) against the k-NN accuracy of the
+    final teacher's features, one point per ``demos.teacher_dynamics`` run that has a probe, with the
+    accuracy's binomial standard error; the random-init weights' k-NN accuracy as a reference line."""
+    fig, ax = _new_axes(ax, figsize=(6.5, 4))
+    for r in runs:
+        loss, p = _final(r["loss"]), r["knn_teacher"]
+        se = 100 * np.sqrt(p * (1 - p) / r["knn_n_test"])
+        ax.errorbar(loss, 100 * p, yerr=se, color=_run_colour(r), fmt="X" if r.get("target_norm") else "o", ms=8,
+                    capsize=3, zorder=3, label=f"{tau_label(r)}: loss {loss:.3f}, k-NN {100 * p:.1f} ± {se:.1f}%")
+    initial = 100 * runs[0]["knn_initial"]
+    ax.axhline(initial, color="black", ls=":", lw=1.5, label=f"random init (= the tau=1 teacher): {initial:.1f}%")
+    ax.set_xscale("log")
+    ax.set_xlabel("final training loss (mean of the last 10 updates, log scale)")
+    ax.set_ylabel(f"k-NN accuracy of the teacher's features (%)\n({runs[0]['knn_n_test']} test images, "
+                  f"error bars: 1 standard error)")
+    ax.set_title("lower loss is not better features", fontsize=9)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    return _save(fig, path)
+
+
+def plot_collapse(collapse: dict, healthy: dict | None = None, axes=None, path=None):
+    """``demos.collapse_demo``: the target std the guard watches against the update step, with the
+    guard's threshold and the step where the guarded run stopped, and the training loss (log axis);
+    ``healthy`` (a ``teacher_dynamics`` run with the same tau and the default targets) for comparison."""
+    if axes is None:
+        fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
+    fig = axes[0].figure
+    guarded, free = collapse["guarded"], collapse["unguarded"]
+    runs = ([(healthy, _run_colour(healthy), tau_label(healthy) + ", default targets")] if healthy else []) + \
+        [(free, _run_colour(free), tau_label(free) + ", guard off")]
+    for r, colour, label in runs:
+        axes[0].plot(r["step"], r["target_std"], color=colour, label=label)
+        axes[1].plot(r["step"], r["loss"], color=colour, lw=1, label=f"{label}: last 10 updates {_final(r['loss']):.3f}")
+    threshold = guarded["min_target_std"]
+    axes[0].axhline(threshold, color="black", ls=":", label=f"guard threshold train.min_target_std = {threshold:g}")
+    if guarded["stopped"]:
+        step, std = guarded["step"][-1], guarded["target_std"][-1]
+        axes[0].scatter([step], [std], marker="X", s=80, color="black", zorder=3,
+                        label=f"guard on: TrainingStopped at step {step} (std {std:.3f})")
+    axes[0].set_ylabel("target std across masked positions\n(what the guard checks)")
+    axes[0].set_ylim(bottom=0)
+    axes[1].set_yscale("log")
+    axes[1].set_ylabel("training loss (log scale)")
+    for ax in axes:
+        ax.set_xlabel("update step (constant learning rate)")
         ax.legend(fontsize=7)
     fig.tight_layout()
     return _save(fig, path)

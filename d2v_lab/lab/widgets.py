@@ -1,5 +1,6 @@
-"""ipywidgets wired to the (tested) mask and demo functions. The notebooks call each underlying
-function once statically (so a headless run and GitHub show a figure), then build the widget."""
+"""ipywidgets wired to the (tested) mask and demo functions. A static view of a notebook (GitHub,
+nbconvert) must show a figure: the notebooks call ``draw_masks`` once before the masking widget, and
+the EMA widget draws its default figure as an ordinary output that slider moves update in place."""
 from __future__ import annotations
 
 import ipywidgets as W
@@ -47,22 +48,42 @@ def masking_widget(samples: dict):
     display(W.VBox([W.HBox([kind, ratio, block]), W.HBox([span, text_ratio, seed]), note, out]))
 
 
-def ema_widget(run_fn, taus=(0.0, 0.9, 0.99, 0.999, 1.0), ks=(1, 2)):
-    """An EMA-decay slider (and K) that reruns ``run_fn(tau, top_k)`` (e.g. a cached
-    ``demos.teacher_dynamics``) and plots its curves next to the tau = 0.99 reference."""
-    tau = W.SelectionSlider(options=list(taus), value=taus[len(taus) // 2], description="EMA decay tau")
+def ema_widget(run_fn, taus=(0.0, 0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 1.0), ks=(1, 2), value: float = 0.98,
+               reference=(0.0, 1.0)):
+    """An EMA-decay slider (and K) for ``run_fn(tau, top_k)`` (e.g. a cached ``demos.teacher_dynamics``):
+    ``plots.plot_teacher_dynamics`` of the chosen tau next to the ``reference`` taus (same K), and a
+    line with the chosen run's readouts.
+
+    The figure is an ordinary output, drawn once at the default values, so a static view of the
+    notebook (GitHub, nbconvert) shows it; a slider move redraws that same output in place (an IPython
+    display handle), instead of adding a second figure below the first."""
+    tau = W.SelectionSlider(options=list(taus), value=value, description="EMA decay tau")
     k = W.SelectionSlider(options=list(ks), value=ks[-1], description="top K")
-    out = W.Output()
+    note = W.HTML()
+
+    def draw():
+        chosen = run_fn(tau.value, k.value)
+        runs = sorted([run_fn(t, k.value) for t in reference if t != tau.value] + [chosen], key=lambda r: r["tau"])
+        note.value = _ema_readout(chosen)
+        return plot_teacher_dynamics(runs)
 
     def redraw(*_):
-        with out:
-            out.clear_output(wait=True)
-            runs = [run_fn(tau.value, k.value)]
-            if tau.value != 0.99:
-                runs.append(run_fn(0.99, k.value))
-            _show(plot_teacher_dynamics(runs))
+        note.value = f"running tau={tau.value:g}, K={k.value} ..."
+        fig = draw()
+        handle.update(fig)
+        plt.close(fig)
 
+    display(W.VBox([W.HBox([tau, k]), note]))
+    fig = draw()
+    handle = display(fig, display_id=True)
+    plt.close(fig)
     tau.observe(redraw, names="value")
     k.observe(redraw, names="value")
-    redraw()
-    display(W.VBox([W.HBox([tau, k]), out]))
+
+
+def _ema_readout(run: dict) -> str:
+    knn = f"; k-NN of the teacher's features {100 * run['knn_teacher']:.1f}%" if "knn_teacher" in run else ""
+    return (f"tau={run['tau']:g}, K={run['top_k']} after {run['step'][-1]} updates: the teacher is "
+            f"{run['teacher_distance'][-1]:.3f} from its initial weights (the student "
+            f"{run['student_distance'][-1]:.3f}); loss over the last 10 updates "
+            f"{sum(run['loss'][-10:]) / len(run['loss'][-10:]):.3f}{knn}")

@@ -10,11 +10,20 @@ import torch
 from d2v_lab.crossmodal.results import AlignmentResult, SkippedPair
 from d2v_lab.data.concepts import CONCEPT_WORDS, concept_pattern, concepts_in, first_mentions, mask_concept
 from d2v_lab.evaluate.results import ProbeResult
-from d2v_lab.lab.demos import demo_config, layer_target_stats, teacher_dynamics
+from d2v_lab.lab.demos import (
+    DEMO_TAUS,
+    cifar_probe,
+    collapse_demo,
+    demo_config,
+    layer_target_stats,
+    teacher_dynamics,
+)
 from d2v_lab.lab.report import render_report, summary_table
 from d2v_lab.lab.tour import TourSummary, TrainingSummary
+from d2v_lab.model.ema import tau_at
 from d2v_lab.train.checkpoint import build_model
 from d2v_lab.train.inputs import pretraining_data
+from d2v_lab.train.loop import TrainingStopped, lr_at, pretrain
 from d2v_lab.train.profiles import get_profile
 
 from builders import pair_result, task_result
@@ -75,29 +84,66 @@ def test_mask_concept_removes_every_mention_and_the_space_before_it():
 
 @pytest.fixture
 def image_data(fake_root):
-    return pretraining_data(demo_config("image", steps=5), fake_root, progress=False)
+    return pretraining_data(demo_config("image"), fake_root, progress=False)
 
 
-def test_teacher_dynamics_frozen_and_copying_teachers(image_data):
-    frozen = teacher_dynamics("image", tau=1.0, steps=5, data=image_data)
-    copying = teacher_dynamics("image", tau=0.0, steps=5, data=image_data)
-    for run, tau in ((frozen, 1.0), (copying, 0.0)):
-        assert run["tau"] == tau and run["modality"] == "image"
-        assert run["step"] == [1, 2, 3, 4, 5]
-        assert all(len(run[k]) == 5 for k in ("loss", "target_std", "target_drift"))
-        assert math.isnan(run["target_drift"][0])                       # nothing to compare the first with
-        assert all(math.isfinite(v) for v in run["loss"] + run["target_std"])
-    assert frozen["target_drift"][1:] == [0.0] * 4                     # tau = 1: the teacher never moves
-    assert len(set(frozen["target_std"])) == 1
-    assert all(d > 0 for d in copying["target_drift"][1:])              # tau = 0: it jumps every update
-    assert len(set(copying["target_std"])) > 1
-
-
-def test_demo_config_constant_tau_and_no_collapse_guard():
-    cfg = demo_config("text", tau=0.9, top_k=1, steps=7)
+def test_demo_config_constant_tau_constant_lr_and_no_collapse_guard():
+    cfg = demo_config("text", tau=0.9, top_k=1, lr=3e-3)
     assert (cfg.d2v.tau0, cfg.d2v.tau_end, cfg.d2v.tau_init_share, cfg.d2v.top_k) == (0.9, 0.9, 0.0, 1)
-    assert cfg.train.steps == 7 and cfg.train.min_target_std == 0.0 and cfg.train.warmup_steps <= 7
+    assert [tau_at(s, cfg.d2v.tau0, cfg.d2v.tau_end, cfg.d2v.tau_ramp_steps) for s in (0, 50, 500)] == [0.9] * 3
+    assert cfg.train.min_target_std == 0.0 and cfg.train.warmup_steps == 0
+    # the loop's own schedule stays at lr over the first 500 updates
+    assert [lr_at(s, cfg.train) for s in range(500)] == pytest.approx([3e-3] * 500, rel=1e-12, abs=0)
     assert cfg.encoder == get_profile("text", "ci").encoder
+    assert demo_config("image").d2v.target_layer_norm == get_profile("image", "ci").d2v.target_layer_norm
+    layer = demo_config("image", target_norm="layer", min_target_std=0.1)
+    assert (layer.d2v.target_layer_norm, layer.d2v.target_final_norm, layer.train.min_target_std) == ("layer", "none", 0.1)
+
+
+def test_teacher_dynamics_readouts_order_the_decays(image_data, fake_root):
+    probe = cifar_probe(fake_root, n_memory=20, n_test=10, k=3)
+    runs = {tau: teacher_dynamics("image", tau=tau, steps=8, data=image_data, probe=probe) for tau in DEMO_TAUS}
+    for tau, run in runs.items():
+        assert run["tau"] == tau and run["modality"] == "image" and run["stopped"] is None
+        assert run["step"] == list(range(1, 9))
+        assert all(len(run[k]) == 8 for k in ("lr", "loss", "target_std", "target_drift", "teacher_distance",
+                                                 "student_distance"))
+        assert run["lr"] == pytest.approx([get_profile("image", "ci").train.lr] * 8, rel=1e-12, abs=0)  # as logged
+        assert all(math.isfinite(v) for v in run["loss"] + run["target_std"] + run["target_drift"])
+        assert 0 < run["student_distance"][0] < run["student_distance"][-1]           # the student always learns
+    frozen, copying = runs[1.0], runs[0.0]
+    assert frozen["teacher_distance"] == [0.0] * 8 and frozen["target_drift"] == [0.0] * 8  # exactly: never moves
+    assert frozen["knn_teacher"] == frozen["knn_initial"]                              # it IS the initial network
+    assert copying["teacher_distance"] == copying["student_distance"]                   # tau = 0: a copy
+    assert all(d > 0 for d in copying["target_drift"])
+    # the further from 1 the decay, the further the teacher has moved from its initial weights
+    final = [runs[tau]["teacher_distance"][-1] for tau in sorted(DEMO_TAUS, reverse=True)]
+    assert final[0] == 0.0 and final == sorted(final) and len(set(final)) == len(final)
+    assert runs[0.98]["memory"] == pytest.approx(50) and frozen["memory"] == math.inf
+    assert all(0 <= runs[tau]["knn_teacher"] <= 1 for tau in DEMO_TAUS)
+
+
+def test_collapse_config_collapses_and_the_guard_stops_it_after_the_first_step(image_data, tmp_path):
+    """Layer-norm targets with a teacher that copies the student lose their spread across positions
+    within a few dozen updates; the loop's guard (at the profile's threshold) raises TrainingStopped."""
+    cfg = demo_config("image", tau=0.0, target_norm="layer", min_target_std=0.1)
+    with pytest.raises(TrainingStopped, match=r"^step (\d+): target std 0\.0\d+ < 0\.1: .*collapsed") as stop:
+        pretrain(cfg, tmp_path, data=image_data, progress=False, stop_after=40)
+    assert int(str(stop.value).split()[1].rstrip(":")) > 1
+
+
+def test_collapse_demo_crosses_the_threshold_with_and_without_the_guard(image_data):
+    demo = collapse_demo(steps=40, data=image_data)
+    guarded, free = demo["guarded"], demo["unguarded"]
+    assert guarded["min_target_std"] == free["min_target_std"] == get_profile("image", "ci").train.min_target_std
+    stop = guarded["step"][-1]
+    assert 1 < stop < 40 and guarded["stopped"].startswith(f"step {stop}: target std ")
+    assert "collapsed" in guarded["stopped"]
+    assert guarded["target_std"][0] > 0.1 > guarded["target_std"][-1]                  # crossed, not started below
+    assert all(s >= 0.1 for s in guarded["target_std"][:-1])                          # it stops at the first crossing
+    assert free["stopped"] is None and free["step"][-1] == 40
+    assert free["target_std"][:stop] == guarded["target_std"]                          # the same run until the stop
+    assert free["target_std"][-1] < guarded["target_std"][-1] and free["loss"][-1] < free["loss"][0] / 10
 
 
 def test_layer_target_stats_normalised_scale():
