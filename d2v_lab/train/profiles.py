@@ -113,7 +113,7 @@ _TABLE = {
 
 _PROBES = {
     "ci": ProbeConfig(knn_k=10, supervised_epochs={"image": 1, "text": 2, "audio": 2}, max_train=600),
-    "cpu": ProbeConfig(knn_k=20, supervised_epochs={"image": 1, "text": 5, "audio": 3}),
+    "cpu": ProbeConfig(knn_k=20, supervised_epochs={"image": 1, "text": 5, "audio": 12}),
     "gpu": ProbeConfig(knn_k=20, supervised_epochs={"image": 50, "text": 30, "audio": 50}),
 }
 _ALIGN = {"ci": AlignConfig(per_concept=20, umap_points=300),
