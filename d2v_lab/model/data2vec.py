@@ -116,6 +116,7 @@ class Data2VecOutput:
     target: torch.Tensor        # (n_masked, D) the teacher's targets there
     mask: torch.Tensor          # (B * M, T) the masks used
     cls_loss: torch.Tensor | None = None  # the [CLS] token's global-target loss, when trained
+    reg_loss: torch.Tensor | None = None  # the regression loss alone (= loss without a [CLS] loss)
 
     @property
     def target_std(self) -> float:
@@ -136,8 +137,8 @@ class Backbone(nn.Module):
         self.adapter, self.encoder = adapter, encoder
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, generator=None,
-                return_layers: bool = False) -> EncoderOutput:
-        return self.encoder(self.adapter(x, mask, generator), self.adapter.padding_mask(x), return_layers)
+                return_layers: bool = False, part_of: tuple[int, int] | None = None) -> EncoderOutput:
+        return self.encoder(self.adapter(x, mask, generator, part_of), self.adapter.padding_mask(x), return_layers)
 
 
 class ConvDecoder(nn.Module):
@@ -204,9 +205,15 @@ class Data2Vec(nn.Module):
                              self.cfg.target_final_norm)
 
     def forward(self, x: torch.Tensor, generator=None, mask: torch.Tensor | None = None,
-                teacher: nn.Module | None = None) -> Data2VecOutput:
+                teacher: nn.Module | None = None, part_of: tuple[int, int] | None = None) -> Data2VecOutput:
         """One data2vec loss on a raw batch x. ``mask`` (B*M, T) overrides sampling; ``teacher``
-        overrides the EMA teacher (e.g. a frozen snapshot for held-out evaluation)."""
+        overrides the EMA teacher (e.g. a frozen snapshot for held-out evaluation).
+
+        ``part_of=(first, total)``: x is samples [first, first + B) of a batch of ``total`` that is
+        split across processes or micro-batches (train/loop.py). The decoder's noise (2.0) and BERT's
+        corruption (1.0 text) are then drawn for all ``total`` samples and this part's rows kept, so
+        the parts together see exactly what the whole batch would (given the same state of torch's
+        global RNG and of ``generator``: the caller's job)."""
         adapter, M = self.student.adapter, self.cfg.num_masks
         if adapter.padding_mask(x) is not None:
             raise ValueError("pretraining batches must not contain padding")
@@ -218,26 +225,28 @@ class Data2Vec(nn.Module):
         P = adapter.prefix
         body = mask[:, P:]                                               # the maskable tokens
         if self.cfg.version == 1:
-            h = self.student(x, mask, generator).x                       # every token, masked ones replaced
+            rows = None if part_of is None else (part_of[0] * M, part_of[1] * M)
+            h = self.student(x, mask, generator, part_of=rows).x         # every token, masked ones replaced
             pred = self.head(h[:, P:][body])
         else:
-            h = self._encode_visible(x, mask)
+            h = self._encode_visible(x, mask, part_of)
             pred = self.decoder(h[:, P:])[body]
         target = y[body]
         pred = pred.float()
         if self.cfg.loss == "l2":
-            loss = F.mse_loss(pred, target)
+            loss = F.mse_loss(pred, target)     # a mean over masked positions (and channels)
         else:
             loss = F.smooth_l1_loss(pred, target, beta=self.cfg.loss_beta)
-        cls_loss = None
+        reg_loss, cls_loss = loss, None
         if self.cfg.cls_loss > 0:  # data2vec 2.0: [CLS] regresses the mean target of its input
-            cls_loss = F.mse_loss(self.cls_head(h[:, 0]).float(), y.mean(dim=1))
+            cls_loss = F.mse_loss(self.cls_head(h[:, 0]).float(), y.mean(dim=1))   # a mean over rows
             loss = loss + self.cfg.cls_loss * cls_loss
-        return Data2VecOutput(loss, pred, target, mask, cls_loss)
+        return Data2VecOutput(loss, pred, target, mask, cls_loss, reg_loss)
 
-    def _encode_visible(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def _encode_visible(self, x: torch.Tensor, mask: torch.Tensor,
+                        part_of: tuple[int, int] | None = None) -> torch.Tensor:
         """data2vec 2.0: encode only visible tokens (prefix included), then scatter them back; masked
-        slots get noise. Returns (B, T, D)."""
+        slots get noise (see ``forward`` for ``part_of``). Returns (B, T, D)."""
         tokens = self.student.adapter(x)                                  # (B, T, D) with positions
         B, T, D = tokens.shape
         n_visible = int((~mask[0]).sum())
@@ -245,7 +254,13 @@ class Data2Vec(nn.Module):
             raise ValueError("data2vec 2.0 needs the same number of masked tokens in every row")
         visible = tokens[~mask].view(B, n_visible, D)
         h = self.student.encoder(visible).x
-        full = torch.randn(B, T, D, device=h.device, dtype=h.dtype) * self.cfg.mask_noise_std
+        if part_of is None:
+            noise = torch.randn(B, T, D, device=h.device, dtype=h.dtype)
+        else:   # B rows = this part's samples x M masks; the whole batch has total x M rows
+            first, total = part_of
+            rows = first * self.cfg.num_masks
+            noise = torch.randn(total * self.cfg.num_masks, T, D, device=h.device, dtype=h.dtype)[rows:rows + B]
+        full = noise * self.cfg.mask_noise_std
         return full.masked_scatter(~mask[..., None], h)
 
     def update_teacher(self, tau: float) -> None:

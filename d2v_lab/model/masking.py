@@ -235,14 +235,19 @@ def span_mask(batch: int, length: int, ratio: float | None = None, span: int = 1
 
 
 def bert_corrupt(ids: torch.Tensor, mask: torch.Tensor, mask_id: int, random_ids: tuple[int, int],
-                 generator=None, p_mask: float = 0.8, p_random: float = 0.1) -> torch.Tensor:
+                 generator=None, p_mask: float = 0.8, p_random: float = 0.1,
+                 part_of: tuple[int, int] | None = None) -> torch.Tensor:
     """BERT's 80/10/10: of the masked positions, 80% become [MASK], 10% a random token drawn from
     ``random_ids`` = [low, high), 10% keep their token. Returns corrupted ids; the loss still covers
     all masked positions. The random numbers come from the generator's device (ids' device without
-    one) and are moved to ids' device, so a CPU generator can corrupt ids on the GPU."""
+    one) and are moved to ids' device, so a CPU generator can corrupt ids on the GPU.
+    ``part_of=(first, total)``: ids are rows [first, first + B) of ``total`` rows; the draws are made
+    for all of them and these rows kept (a batch split across processes: data2vec.py)."""
     dev = _device(generator, None if generator is not None else ids.device)
-    u = torch.rand(ids.shape, generator=generator, device=dev).to(ids.device)
-    random_tokens = torch.randint(*random_ids, ids.shape, generator=generator, device=dev).to(ids.device)
+    first, total = part_of or (0, len(ids))
+    shape, rows = (total, *ids.shape[1:]), slice(first, first + len(ids))
+    u = torch.rand(shape, generator=generator, device=dev)[rows].to(ids.device)
+    random_tokens = torch.randint(*random_ids, shape, generator=generator, device=dev)[rows].to(ids.device)
     out = ids.clone()
     out = torch.where(mask & (u < p_mask), torch.full_like(ids, mask_id), out)
     out = torch.where(mask & (u >= p_mask) & (u < p_mask + p_random), random_tokens, out)

@@ -74,9 +74,11 @@ class Adapter(nn.Module):
     def positions(self) -> torch.Tensor:
         return self.pos  # (T, D), a buffer or a parameter set by the subclass
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, generator=None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, generator=None,
+                part_of: tuple[int, int] | None = None) -> torch.Tensor:
         """Tokens with positions. With ``mask`` (data2vec 1.0 student), masked slots show the learned
-        mask embedding instead of their content; their position is kept."""
+        mask embedding instead of their content; their position is kept. (``part_of``: rows
+        [first, first + B) of ``total``, for what draws random numbers: text's BERT corruption.)"""
         tokens = self.embed(x)
         if mask is not None:
             m = mask[:, self.prefix:, None]
@@ -94,8 +96,20 @@ class Adapter(nn.Module):
         """(B, T) True at padding tokens, or None when the modality never pads."""
         return None
 
-    def augment(self, x: torch.Tensor, generator=None) -> torch.Tensor:
-        """Training-time augmentation of the raw batch (the teacher and student see the same view)."""
+    def augment(self, x: torch.Tensor, generator=None, **options) -> torch.Tensor:
+        """Training-time augmentation of the raw batch (the teacher and student see the same view):
+        ``apply_augment`` of ``draw_augment``'s draws."""
+        return self.apply_augment(x, self.draw_augment(len(x), generator, **options), **options)
+
+    def draw_augment(self, batch: int, generator=None, **options) -> dict[str, torch.Tensor]:
+        """The random draws of the augmentation of ``batch`` samples, from ``generator``: tensors with
+        the sample first, so rows [a, b) of the draws are the draws of samples [a, b). Drawn apart from
+        their use so that several processes (or micro-batches) can draw for the whole batch and each
+        apply its own rows: the union is then the one-process batch, bit for bit."""
+        return {}
+
+    def apply_augment(self, x: torch.Tensor, draws: dict[str, torch.Tensor], **options) -> torch.Tensor:
+        """Augment ``x`` (on any device) with ``draws`` (one row per sample of x)."""
         return x
 
 
@@ -118,16 +132,22 @@ class ImageAdapter(Adapter):
         x = (x.float() / 255.0 - self.mean) / self.std
         return self.proj(x.to(self.proj.weight.dtype)).flatten(2).transpose(1, 2)
 
-    def augment(self, x: torch.Tensor, generator=None, pad: int = 4) -> torch.Tensor:
+    def draw_augment(self, batch: int, generator=None, pad: int = 4) -> dict[str, torch.Tensor]:
+        """Per sample: a translation (dy, dx) of up to ``pad`` pixels each way and a coin for the flip."""
+        dy, dx = torch.randint(0, 2 * pad + 1, (2, batch, 1), generator=generator)   # (B, 1) each
+        flip = torch.rand(batch, generator=generator) < 0.5
+        return {"dy": dy, "dx": dx, "flip": flip}
+
+    def apply_augment(self, x: torch.Tensor, draws: dict[str, torch.Tensor], pad: int = 4) -> torch.Tensor:
         """Random translation by up to ``pad`` pixels (reflect padding) and horizontal flips."""
         B, _, H, W = x.shape
+        d = {k: v.to(x.device) for k, v in draws.items()}
         padded = torch.nn.functional.pad(x.float(), (pad,) * 4, mode="reflect").to(x.dtype)
-        dy, dx = torch.randint(0, 2 * pad + 1, (2, B, 1), generator=generator)
-        rows, cols = dy + torch.arange(H), dx + torch.arange(W)             # (B, H), (B, W)
-        out = padded[torch.arange(B)[:, None, None], :, rows[:, :, None], cols[:, None, :]]  # (B, H, W, C)
-        out = out.permute(0, 3, 1, 2)
-        flip = torch.rand(B, generator=generator) < 0.5
-        return torch.where(flip[:, None, None, None], out.flip(-1), out).contiguous()
+        rows = d["dy"] + torch.arange(H, device=x.device)                   # (B, H)
+        cols = d["dx"] + torch.arange(W, device=x.device)                   # (B, W)
+        out = padded[torch.arange(B, device=x.device)[:, None, None], :, rows[:, :, None], cols[:, None, :]]
+        out = out.permute(0, 3, 1, 2)                                       # (B, H, W, C) -> (B, C, H, W)
+        return torch.where(d["flip"][:, None, None, None], out.flip(-1), out).contiguous()
 
 
 class TextAdapter(Adapter):
@@ -151,9 +171,10 @@ class TextAdapter(Adapter):
     def positions(self) -> torch.Tensor:
         return self.pos
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, generator=None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, generator=None,
+                part_of: tuple[int, int] | None = None) -> torch.Tensor:
         if mask is not None:  # BERT corruption of the ids, then embed as usual
-            x = bert_corrupt(x, mask, MASK_ID, (len(SPECIAL_TOKENS), self.vocab_size), generator)
+            x = bert_corrupt(x, mask, MASK_ID, (len(SPECIAL_TOKENS), self.vocab_size), generator, part_of=part_of)
         T = x.shape[1]
         return self.tok(x) + self.pos[:T].to(self.tok.weight.dtype)
 
@@ -199,21 +220,28 @@ class AudioAdapter(Adapter):
         frames = x.transpose(1, 2).reshape(B, F // self.patch, self.patch * M)
         return self.norm(self.proj(frames.to(self.proj.weight.dtype)))
 
-    def augment(self, x: torch.Tensor, generator=None, max_shift: int = 10) -> torch.Tensor:
+    def draw_augment(self, batch: int, generator=None, max_shift: int = 10) -> dict[str, torch.Tensor]:
+        """Per clip: a time shift of 0..``max_shift`` frames, and (when on) the time and mel-axis factors."""
+        draws = {"shift": torch.randint(0, max_shift + 1, (batch,), generator=generator)}
+        if self.freq_warp or self.time_stretch:
+            time_scale, mel_scale = 1 + (2 * torch.rand(2, batch, generator=generator) - 1) * torch.tensor(
+                [[self.time_stretch], [self.freq_warp]])
+            draws.update(time_scale=time_scale, mel_scale=mel_scale)
+        return draws
+
+    def apply_augment(self, x: torch.Tensor, draws: dict[str, torch.Tensor], max_shift: int = 10) -> torch.Tensor:
         """Random time shift by up to ``max_shift`` frames (100 ms), so the word does not always start
         at frame 0; then the random mel-axis warp and time stretch. Uncovered cells get the clip's
         minimum (silence)."""
         B, _, F = x.shape
-        shift = torch.randint(0, max_shift + 1, (B,), generator=generator)
-        idx = (torch.arange(F)[None, :] - shift[:, None])                     # (B, F) source frame
+        d = {k: v.to(x.device) for k, v in draws.items()}
+        idx = (torch.arange(F, device=x.device)[None, :] - d["shift"][:, None])   # (B, F) source frame
         floor = x.amin(dim=(1, 2), keepdim=True)
         out = x.gather(2, idx.clamp(min=0)[:, None, :].expand_as(x))
         out = torch.where((idx >= 0)[:, None, :], out, floor)
-        if not (self.freq_warp or self.time_stretch):
+        if "time_scale" not in d:
             return out
-        time_scale, mel_scale = 1 + (2 * torch.rand(2, B, generator=generator) - 1) * torch.tensor(
-            [[self.time_stretch], [self.freq_warp]])
-        return scale_axes(out, time_scale, mel_scale)
+        return scale_axes(out, d["time_scale"], d["mel_scale"])
 
 
 def scale_axes(x: torch.Tensor, time_scale: torch.Tensor, mel_scale: torch.Tensor) -> torch.Tensor:
@@ -223,7 +251,7 @@ def scale_axes(x: torch.Tensor, time_scale: torch.Tensor, mel_scale: torch.Tenso
     compresses it. Cells that read beyond the input get the clip's minimum (silence)."""
     B, M, F = x.shape
     floor = x.amin(dim=(1, 2), keepdim=True)
-    theta = torch.zeros(B, 2, 3)  # affine_grid's coordinates run from -1 to 1: origin -1 stays at -1
+    theta = torch.zeros(B, 2, 3, device=x.device)  # affine_grid's coordinates run from -1 to 1: origin -1 stays at -1
     theta[:, 0, 0], theta[:, 0, 2] = time_scale, time_scale - 1
     theta[:, 1, 1], theta[:, 1, 2] = mel_scale, mel_scale - 1
     grid = nn.functional.affine_grid(theta, [B, 1, M, F], align_corners=True)
