@@ -27,9 +27,10 @@ from .config import RunConfig, config_diff
 from .runs import CHECKPOINT, TOKENIZER, write_failure
 
 FORMAT = 1
-# settings that may change when a run is resumed: they do not change what is computed
+# settings that may change when a run is resumed: they do not change what is computed (grad_accum only
+# changes how the same gradient is summed, up to float rounding: a run may resume on a smaller GPU)
 RESUMABLE_CHANGES = ("train.log_every", "train.eval_every", "train.checkpoint_every", "train.device",
-                     "train.threads", "train.compile")
+                     "train.threads", "train.compile", "train.grad_accum")
 
 
 class CheckpointError(Exception):

@@ -45,7 +45,9 @@ class DataConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     steps: int = 1000
-    batch_size: int = 128
+    batch_size: int = 128        # the global batch: of all processes (torchrun) and micro-batches together
+    grad_accum: int = 1          # micro-batches per step, their gradients summed: the same update in less
+                                 # memory (a smaller GPU runs the gpu profile's batch)
     lr: float = 1e-3
     weight_decay: float = 0.05
     warmup_steps: int = 100
@@ -222,6 +224,7 @@ RULES: dict[str, dict[str, Rule]] = {
     "train": {
         "steps": integer(1),
         "batch_size": integer(1),
+        "grad_accum": integer(1, note=" (1 = the whole batch at once)"),
         "lr": number(0, lo_open=True),
         "weight_decay": number(0),
         "warmup_steps": integer(0),
@@ -343,6 +346,10 @@ def _disagreements(s: dict[str, dict], modality: str | None) -> list[tuple[str, 
                     f"{train['log_every']} (the held-out loss is computed on logged steps, so it would "
                     f"come only every {math.lcm(train['eval_every'], train['log_every'])} steps); "
                     f"e.g. --set train.eval_every={every}"))
+    if train and train["grad_accum"] > train["batch_size"]:
+        out.append(("train.grad_accum", f"train.grad_accum={train['grad_accum']}: more micro-batches than the "
+                                        f"train.batch_size={train['batch_size']} samples of a step; e.g. --set "
+                                        f"train.grad_accum={max(1, train['batch_size'] // 2)}"))
     if encoder:
         dim, heads = encoder["dim"], encoder["heads"]
         multiple = {"image": 4, "audio": 2}.get(modality, 1)   # sin-cos positions: 2 axes x (sin, cos)
