@@ -6,15 +6,9 @@ import json
 import sys
 import warnings
 
-from d2v_lab.crossmodal.experiment import run_alignment
-from d2v_lab.crossmodal.results import SkippedPair
 from d2v_lab.data import DataError, dataset_info
 from d2v_lab.data.download import DATASETS, ensure_dataset
 from d2v_lab.data.root import data_root
-from d2v_lab.evaluate.probe import run_probe
-from d2v_lab.lab.figures import save_alignment_figures, save_probe_figure
-from d2v_lab.lab.report import discrimination_line, summary_table
-from d2v_lab.lab.tour import run_tour
 from d2v_lab.train.checkpoint import CheckpointError
 from d2v_lab.train.config import MODALITIES
 from d2v_lab.train.loop import TrainingStopped, pretrain
@@ -84,7 +78,13 @@ def cmd_pretrain(args) -> int:
     return 0
 
 
+# probe, align and tour import what they need when they run: matplotlib, scikit-learn and UMAP cost
+# seconds at every start of the CLI, under torchrun in every process (pretrain needs none of them)
+
 def cmd_probe(args) -> int:
+    from d2v_lab.evaluate.probe import run_probe
+    from d2v_lab.lab.figures import save_probe_figure
+    from d2v_lab.lab.report import discrimination_line
     result = run_probe(args.checkpoint, supervised=not args.no_supervised, progress=not args.json,
                        supervised_epochs=args.supervised_epochs)
     save_probe_figure(result, args.checkpoint)
@@ -110,6 +110,9 @@ def cmd_probe(args) -> int:
 
 
 def cmd_align(args) -> int:
+    from d2v_lab.crossmodal.experiment import run_alignment
+    from d2v_lab.crossmodal.results import SkippedPair
+    from d2v_lab.lab.figures import save_alignment_figures
     out = args.out or args.text
     result = run_alignment(args.image, args.text, args.audio, out, preset(args.profile).align,
                            progress=not args.json)
@@ -129,6 +132,8 @@ def cmd_align(args) -> int:
 
 
 def cmd_tour(args) -> int:
+    from d2v_lab.lab.report import summary_table
+    from d2v_lab.lab.tour import run_tour
     summary = run_tour(args.profile, args.out)
     print("\n" + summary_table(summary.probes))
     for name, r in summary.alignment.compared.items():

@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
-from scipy.signal import resample_poly
 from tqdm.auto import tqdm
 
 from .root import DataError, unreadable
@@ -77,6 +76,8 @@ def resample(audio: np.ndarray, orig_rate: int, new_rate: int = SAMPLE_RATE) -> 
     """Polyphase resampling (scipy's anti-aliased ``resample_poly``)."""
     if orig_rate == new_rate:
         return audio
+    # imported here: scipy.signal takes ~1.5 s to import, which every start of the CLI paid
+    from scipy.signal import resample_poly
     g = gcd(orig_rate, new_rate)
     return resample_poly(audio, new_rate // g, orig_rate // g).astype(np.float32)
 
