@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import warnings
 
@@ -72,6 +73,8 @@ def cmd_pretrain(args) -> int:
     except TrainingStopped as e:
         print(f"d2v-lab: training stopped: {e}", file=sys.stderr)
         return 3
+    if int(os.environ.get("RANK", "0")):   # under torchrun: rank 0 reports the run
+        return 0
     last = result.metrics[-1] if result.metrics else {}
     print(f"{cfg.modality}: {result.step}/{cfg.train.steps} steps in {result.out_dir} "
           f"(loss {last.get('loss', float('nan')):.4f}, target std {last.get('target_std', float('nan')):.3f})")

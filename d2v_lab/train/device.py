@@ -58,6 +58,21 @@ def usable_device(name: str) -> torch.device:
     return pick_device(name if device_available(name) else "auto")
 
 
+def resident(t: torch.Tensor, device: torch.device, share: float = 0.25) -> torch.Tensor:
+    """``t`` moved to ``device`` once, where it takes at most ``share`` of the device's free memory
+    (CIFAR-10's training images are 150 MB, text windows tens of MB, the full audio log-mels 1.7 GB):
+    each step then indexes its batch there, with no copy of it from the host. Otherwise, and on the
+    CPU, ``t`` as it is, and each step copies its batch."""
+    if device.type == "cpu" or t.device == device:
+        return t
+    size = t.numel() * t.element_size()
+    if device.type == "cuda":
+        fits = size <= share * torch.cuda.mem_get_info(device)[0]
+    else:   # MPS shares the machine's memory; keep what it holds small
+        fits = size <= 2**30
+    return t.to(device) if fits else t
+
+
 def synchronize(device: torch.device) -> None:
     """Wait until the work queued on ``device`` is done: CUDA kernels run asynchronously, so a clock
     read without this measures only the launches. The CPU computes as it goes."""
