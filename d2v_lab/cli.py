@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -10,6 +11,7 @@ import warnings
 from d2v_lab.data import DataError, dataset_info
 from d2v_lab.data.download import DATASETS, ensure_dataset
 from d2v_lab.data.root import data_root
+from d2v_lab.evaluate.hf import RELEASED, is_hf_spec
 from d2v_lab.train.checkpoint import CheckpointError
 from d2v_lab.train.config import MODALITIES
 from d2v_lab.train.loop import TrainingStopped, pretrain
@@ -85,12 +87,22 @@ def cmd_pretrain(args) -> int:
 # seconds at every start of the CLI, under torchrun in every process (pretrain needs none of them)
 
 def cmd_probe(args) -> int:
-    from d2v_lab.evaluate.probe import run_probe
+    from d2v_lab.evaluate.probe import run_hf_probe, run_probe
     from d2v_lab.lab.figures import save_probe_figure
     from d2v_lab.lab.report import discrimination_line
-    result = run_probe(args.checkpoint, supervised=not args.no_supervised, progress=not args.json,
-                       supervised_epochs=args.supervised_epochs)
-    save_probe_figure(result, args.checkpoint)
+    if is_hf_spec(args.checkpoint):
+        if args.out is None:
+            raise ValueError("--out is needed to probe a Hugging Face encoder (probe.json and probe.png go there)")
+        out = args.out
+        result = run_hf_probe(args.checkpoint, out, profile=args.profile, progress=not args.json)
+    else:
+        if args.out is not None or args.profile is not None:
+            raise ValueError("--out and --profile are for Hugging Face encoders; a run is probed into its own "
+                             "folder with its own profile")
+        out = args.checkpoint
+        result = run_probe(args.checkpoint, supervised=not args.no_supervised, progress=not args.json,
+                           supervised_epochs=args.supervised_epochs)
+    save_probe_figure(result, out)
     if args.json:
         print(json.dumps(result.to_json()))
         return 0
@@ -108,7 +120,7 @@ def cmd_probe(args) -> int:
         print(f"  {discrimination_line(r)}")
         sel = r.selected["pretrained"]
         print(f"  best layer on validation: {sel['layer']} ({sel['pool']} pooling)")
-    print(f"\nwrote {args.checkpoint}/{PROBE_JSON} and {PROBE_PNG}")
+    print(f"\nwrote {out}/{PROBE_JSON} and {PROBE_PNG}")
     return 0
 
 
@@ -116,9 +128,14 @@ def cmd_align(args) -> int:
     from d2v_lab.crossmodal.experiment import run_alignment
     from d2v_lab.crossmodal.results import SkippedPair
     from d2v_lab.lab.figures import save_alignment_figures
+    specs = (args.image, args.text, args.audio)
+    if args.out is None and is_hf_spec(args.text):
+        raise ValueError("--out is needed when --text is a Hugging Face encoder (results are written there)")
     out = args.out or args.text
-    result = run_alignment(args.image, args.text, args.audio, out, preset(args.profile).align,
-                           progress=not args.json)
+    cfg = preset(args.profile).align
+    if args.layer_search:
+        cfg = dataclasses.replace(cfg, layer_search=True)
+    result = run_alignment(*specs, out, cfg, progress=not args.json)
     save_alignment_figures(out)
     if args.json:
         print(json.dumps(result.to_json()))
@@ -170,7 +187,13 @@ def build_parser() -> argparse.ArgumentParser:
     pre.set_defaults(func=cmd_pretrain)
 
     probe = sub.add_parser("probe", help="linear and k-NN probes of a pretrained model against baselines")
-    probe.add_argument("--checkpoint", required=True, help="a pretraining run folder (holds checkpoint.pt)")
+    probe.add_argument("--checkpoint", required=True,
+                       help="a pretraining run folder (holds checkpoint.pt), or a Hugging Face encoder: "
+                            f"hf:<model id> (e.g. hf:{RELEASED['image']}) or a folder written by save_pretrained")
+    probe.add_argument("--out", default=None, help="Hugging Face encoders: where probe.json and probe.png go")
+    probe.add_argument("--profile", choices=PROFILES, default=None,
+                       help="Hugging Face encoders: probe sizes (default: $D2V_LAB_PROFILE or cpu; ci caps the "
+                            "training examples)")
     probe.add_argument("--json", action="store_true", help="print one JSON object")
     reference = probe.add_mutually_exclusive_group()
     reference.add_argument("--no-supervised", action="store_true", help="skip the supervised reference model")
@@ -180,10 +203,16 @@ def build_parser() -> argparse.ArgumentParser:
     probe.set_defaults(func=cmd_probe)
 
     align = sub.add_parser("align", help="are the three modalities' latent spaces aligned? numbers + nulls")
-    align.add_argument("--image", required=True, help="image pretraining run folder")
-    align.add_argument("--text", required=True, help="text pretraining run folder")
-    align.add_argument("--audio", required=True, help="audio pretraining run folder")
-    align.add_argument("--out", default=None, help="where to write align.json and figures (default: --text)")
+    encoder = ("{} encoder: a pretraining run folder, hf:<model id> (e.g. hf:{}; needs the hf extra) or a "
+               "folder written by save_pretrained")
+    align.add_argument("--image", required=True, help=encoder.format("image", RELEASED["image"]))
+    align.add_argument("--text", required=True, help=encoder.format("text", RELEASED["text"]))
+    align.add_argument("--audio", required=True, help=encoder.format("audio", RELEASED["audio"]))
+    align.add_argument("--out", default=None,
+                       help="where to write align.json and figures (default: --text; needed when that is hf)")
+    align.add_argument("--layer-search", action="store_true",
+                       help="CKA and raw retrieval at their best layer pair, each null taking the same maximum "
+                            "over the same layer pairs (Huh et al.'s protocol; mutual kNN always does)")
     align.add_argument("--profile", choices=PROFILES, default=None, help="sizes (default: $D2V_LAB_PROFILE or cpu)")
     align.add_argument("--json", action="store_true", help="print one JSON object")
     align.set_defaults(func=cmd_align)

@@ -106,6 +106,27 @@ def test_headless_tour_runs_without_ipywidgets_or_ipython(tmp_path):
     assert "## Do the three modalities share a latent space?" in (out / "report.md").read_text()
 
 
+def test_only_evaluate_hf_imports_transformers():
+    """transformers is an optional extra (``.[hf]``): one module imports it, and only when an encoder
+    is loaded, so nothing else breaks without it."""
+    importers = sorted({name for name, _, tree in modules() for target, _ in imports(name, tree)
+                        if target.split(".")[0] == "transformers"})
+    assert importers == ["d2v_lab.evaluate.hf"], importers
+    script = ("import sys\nimport d2v_lab.cli, d2v_lab.lab.real_scale\n"
+              "print('LOADED', sorted(m for m in sys.modules if m.split('.')[0] == 'transformers'))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "LOADED []" in done.stdout, done.stderr[-2000:]
+
+
+def test_ci_runs_the_readme_test_command_verbatim():
+    root = PACKAGE.parent
+    readme = (root / "README.md").read_text()
+    command = readme.split("Tests: install with the test and hf extras")[1].split("```bash\n")[1].split("\n```")[0]
+    ci = (root / ".ci" / "run").read_text().split("# --- the README's test command, verbatim ---\n")[1]
+    assert ci.splitlines()[0] == command
+    assert '".[test,hf]"' in command              # the hf extra: tests/evaluate/test_hf.py runs in CI
+
+
 @pytest.mark.parametrize("module", ["d2v_lab.cli", "d2v_lab.lab.tour", "d2v_lab.crossmodal.experiment"])
 def test_headless_modules_import_without_ipywidgets(module):
     script = ("import sys\nsys.modules['ipywidgets'] = None; sys.modules['IPython'] = None\n"

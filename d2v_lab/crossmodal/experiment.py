@@ -32,9 +32,11 @@ from .metrics import (
     permutation_null,
     platonic_preprocessing,
     retrieval_chance,
+    retrieval_layers,
     rotation_null,
     rsa_null,
     to_common_dim,
+    unbiased_cka_layers,
     unbiased_cka_null,
 )
 from .pairing import ConceptFeatures, collect_features, concept_pairs
@@ -60,15 +62,23 @@ COMPARISONS = (("image", "text_word"), ("image", "text_story"), ("audio", "text_
 
 
 def compare(fa: ConceptFeatures, fb: ConceptFeatures, per_concept: int = 100, n_shuffles: int = 200,
-            common_dim: int = 32, k: int = 10, seed: int = 0) -> PairResult:
-    """Every metric for one modality pair, each with its null band and chance; the controls; a verdict."""
+            common_dim: int = 32, k: int = 10, seed: int = 0, layer_search: bool = False) -> PairResult:
+    """Every metric for one modality pair, each with its null band and chance; the controls; a verdict.
+
+    ``layer_search`` (Huh et al.'s protocol, which mutual kNN always follows): CKA and raw retrieval
+    are read at their best layer pair instead of the last layers, and their nulls take the same
+    maximum over the same layer pairs. The controls and RSA stay on the last layers."""
     # Hundreds of small matrix products: one BLAS thread is far faster than several here.
     with threadpool_limits(limits=1):
-        result = _compare(fa, fb, per_concept, n_shuffles, common_dim, k, seed)
+        result = _compare(fa, fb, per_concept, n_shuffles, common_dim, k, seed, layer_search)
     return dataclasses.replace(result, verdict=verdict(result))
 
 
-def _compare(fa, fb, per_concept, n_shuffles, common_dim, k, seed) -> PairResult:
+def _best(scores: np.ndarray) -> list[int]:
+    return [int(i) for i in np.unravel_index(scores.argmax(), scores.shape)]
+
+
+def _compare(fa, fb, per_concept, n_shuffles, common_dim, k, seed, layer_search=False) -> PairResult:
     ia, ib, y = concept_pairs(fa, fb, per_concept, seed=seed)
     la, lb = fa.layers[:, ia], fb.layers[:, ib]              # (L+1, P, D) features of the P pairs
     a, b = la[-1], lb[-1]                                    # last layer for the single-layer metrics
@@ -77,12 +87,22 @@ def _compare(fa, fb, per_concept, n_shuffles, common_dim, k, seed) -> PairResult
 
     knn_scores, knn_band = mutual_knn_layers(list(la), list(lb), k, n_shuffles, seed)
     best = np.unravel_index(knn_scores.argmax(), knn_scores.shape)
-    cka = unbiased_cka_null(a, b, n_shuffles, seed)
-    # preprocessing is per matrix (one clip threshold) and per row, so it commutes with the shuffles
-    cka_platonic = unbiased_cka_null(platonic_preprocessing(a), platonic_preprocessing(b), n_shuffles, seed)
     retrieval_kwargs = dict(labels_a=y, labels_b=y)
-    raw_perm = permutation_null(cross_modal_retrieval, za, zb, n_shuffles, seed, **retrieval_kwargs)
-    raw_rot = rotation_null(cross_modal_retrieval, za, zb, n_shuffles, seed, **retrieval_kwargs)
+    cka_layers = raw_layers = None
+    if layer_search:
+        scores, cka = unbiased_cka_layers(list(la), list(lb), n_shuffles, seed)
+        platonic, cka_platonic = unbiased_cka_layers([platonic_preprocessing(x) for x in la],
+                                                     [platonic_preprocessing(x) for x in lb], n_shuffles, seed)
+        cka_layers = (_best(scores), _best(platonic))
+        retrieval, raw_perm, raw_rot = retrieval_layers([to_common_dim(x, dim) for x in la],
+                                                        [to_common_dim(x, dim) for x in lb], y, n_shuffles, seed)
+        raw_layers = _best(retrieval)
+    else:
+        cka = unbiased_cka_null(a, b, n_shuffles, seed)
+        # preprocessing is per matrix (one clip threshold) and per row, so it commutes with the shuffles
+        cka_platonic = unbiased_cka_null(platonic_preprocessing(a), platonic_preprocessing(b), n_shuffles, seed)
+        raw_perm = permutation_null(cross_modal_retrieval, za, zb, n_shuffles, seed, **retrieval_kwargs)
+        raw_rot = rotation_null(cross_modal_retrieval, za, zb, n_shuffles, seed, **retrieval_kwargs)
     procrustes = procrustes_control(za, zb, y, seed=seed, n_shuffles=n_shuffles)
     assoc = association_control(a, b, y, seed=seed, n_shuffles=n_shuffles)
     relational = rsa_null(a, b, y, n_shuffles, seed)
@@ -92,8 +112,10 @@ def _compare(fa, fb, per_concept, n_shuffles, common_dim, k, seed) -> PairResult
         concepts={c: int((y == c).sum()) for c in np.unique(y)},
         mutual_knn=MutualKNN(knn_band.observed, [int(best[0]), int(best[1])], knn_band.p95,
                              mutual_knn_chance(len(y), k), k, knn_scores.round(4).tolist()),
-        cka=CKA(cka.observed, cka.p95, cka_platonic.observed, cka_platonic.p95),
-        retrieval_raw=RawRetrieval(raw_perm.observed, retrieval_chance(y, y), raw_perm.p95, raw_rot.p95, dim),
+        cka=CKA(cka.observed, cka.p95, cka_platonic.observed, cka_platonic.p95,
+                *(cka_layers or (None, None))),
+        retrieval_raw=RawRetrieval(raw_perm.observed, retrieval_chance(y, y), raw_perm.p95, raw_rot.p95, dim,
+                                   raw_layers),
         procrustes=Procrustes(**procrustes), association=Association(**assoc),
         # a rank correlation over fewer than 5 concepts (10 concept pairs) says little
         rsa=RSA(relational.observed, relational.p95, n_concepts, n_concepts >= 5))
@@ -105,7 +127,7 @@ def compare_all(feats: dict[str, ConceptFeatures], cfg: AlignConfig, progress: b
     for a, b in tqdm(COMPARISONS, desc="comparing spaces", disable=not progress, leave=False):
         try:
             pairs[f"{a}-{b}"] = compare(feats[a], feats[b], cfg.per_concept, cfg.n_shuffles, cfg.common_dim,
-                                        seed=cfg.seed)
+                                        seed=cfg.seed, layer_search=cfg.layer_search)
         except ValueError as e:  # e.g. no concept with enough samples on both sides
             pairs[f"{a}-{b}"] = SkippedPair(f"{a}-{b}", str(e))
     return AlignmentResult({m: f.counts() for m, f in feats.items()}, {m: f.source for m, f in feats.items()},
@@ -114,8 +136,9 @@ def compare_all(feats: dict[str, ConceptFeatures], cfg: AlignConfig, progress: b
 
 def run_alignment(image_dir, text_dir, audio_dir, out_dir, cfg: AlignConfig = AlignConfig(), root=None,
                   progress: bool = True) -> AlignmentResult:
-    """Compare every modality pair of three pretraining runs; write align.json and the 2-D views the
-    UMAP figures draw (``views.npz``) into out_dir."""
+    """Compare every modality pair of three encoders (pretraining run folders, or Hugging Face encoders
+    named ``hf:<id>`` or by a saved folder, see ``pairing.load_encoder``); write align.json and the 2-D
+    views the UMAP figures draw (``views.npz``) into out_dir."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     feats = collect_features(image_dir, text_dir, audio_dir, cfg, root, progress)

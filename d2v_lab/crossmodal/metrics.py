@@ -33,6 +33,7 @@ __all__ = [
     "mutual_knn_chance",
     "unbiased_cka",
     "unbiased_cka_null",
+    "unbiased_cka_layers",
     "platonic_preprocessing",
     "to_common_dim",
     "cross_modal_retrieval",
@@ -40,6 +41,7 @@ __all__ = [
     "NullBand",
     "permutation_null",
     "rotation_null",
+    "retrieval_layers",
     "concept_similarity_matrix",
     "rsa",
     "rsa_null",
@@ -305,6 +307,37 @@ def unbiased_cka_null(a: ArrayLike, b: ArrayLike, n_shuffles: int = 200, seed: i
     return _band(_hsic_unbiased(uk, ul) / scale, null)
 
 
+def unbiased_cka_layers(layers_a: ArrayLike, layers_b: ArrayLike, n_shuffles: int = 200,
+                        seed: int = 0) -> tuple[np.ndarray, NullBand]:
+    """Unbiased CKA of every layer pair (La x Lb) and a permutation null for the BEST pair, as
+    ``mutual_knn_layers`` does for mutual kNN: the observed value is the maximum over the layer pairs,
+    and each shuffle of the pairing (the same shuffles as ``unbiased_cka_null``) also takes the maximum
+    over all layer pairs, so searching the layers cannot by itself make two spaces look aligned. With
+    one layer on each side it is exactly ``unbiased_cka_null``.
+
+    Cost: the U-centred Gram matrices are built once per layer (La + Lb matrices of n x n); a shuffle
+    re-indexes the Lb matrices of b and takes every HSIC in one (La, n^2) @ (n^2, Lb) product."""
+    parts_a = [_cka_parts(x, x) for x in layers_a]
+    parts_b = [_cka_parts(x, x) for x in layers_b]
+    n = parts_a[0][0].shape[0]
+    if parts_b[0][0].shape[0] != n:
+        raise ValueError(f"rows differ: {n} vs {parts_b[0][0].shape[0]}")
+    if n_shuffles < 1:
+        raise ValueError(f"n_shuffles must be >= 1, got {n_shuffles}")
+    ka = np.stack([uk.ravel() for uk, _, _ in parts_a])                     # (La, n^2)
+    # HSIC(K, K) of each layer: sqrt(hkk * hll) = scale of (x, x) pairs is hkk itself
+    norm = np.sqrt(np.outer([s for *_, s in parts_a], [s for *_, s in parts_b]))   # (La, Lb)
+
+    def scores(perm: np.ndarray | None) -> np.ndarray:
+        lb = np.stack([(ul if perm is None else ul[np.ix_(perm, perm)]).ravel() for ul, _, _ in parts_b])
+        return (ka @ lb.T) / (n * (n - 3)) / norm
+
+    observed = scores(None)
+    rng = np.random.default_rng(seed)
+    null = np.array([scores(rng.permutation(n)).max() for _ in range(n_shuffles)])
+    return observed, _band(float(observed.max()), null)
+
+
 # -----------------------------------------------------------------------------
 # comparing coordinates without fitting anything across modalities
 
@@ -507,6 +540,55 @@ def rotation_null(
     observed = float(metric(a, b, **metric_kwargs))
     null = np.array([metric(a, b @ _random_rotation(b.shape[1], rng), **metric_kwargs) for _ in range(n_rotations)])
     return _band(observed, null)
+
+
+def retrieval_layers(layers_a: ArrayLike, layers_b: ArrayLike, labels: ArrayLike, n_shuffles: int = 200,
+                     seed: int = 0) -> tuple[np.ndarray, NullBand, NullBand]:
+    """Symmetric cross-modal retrieval (``cross_modal_retrieval``, same labels on both sides: rows are
+    concept pairs) of every layer pair, with its permutation and rotation nulls for the BEST pair:
+    each null draw takes the maximum over all La x Lb layer pairs, as the observed value does, so the
+    search over layers is paid for in the null. With one layer on each side the two bands are exactly
+    ``permutation_null`` and ``rotation_null`` of ``cross_modal_retrieval`` (the same draws).
+
+    Layers of one side must share a width (e.g. each reduced by ``to_common_dim``). A shuffle of the
+    pairing does not move any nearest neighbour, only which label it carries, so the permutation null
+    reuses the neighbours found once per layer pair; a rotation of b (one Haar rotation per b layer and
+    draw) needs the similarities anew: La x Lb products of n x d by d x n per draw."""
+    la = [l2_normalize(as_numpy(x, "a")) for x in layers_a]
+    lb = [l2_normalize(as_numpy(x, "b")) for x in layers_b]
+    n = la[0].shape[0]
+    y = as_labels(labels, n)
+    for x in la + lb:
+        check_paired(la[0], x)
+    for x in lb:
+        check_same_width(la[0], x)
+    if n_shuffles < 1:
+        raise ValueError(f"n_shuffles must be >= 1, got {n_shuffles}")
+
+    def nearest(za: np.ndarray, zb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        sim = za @ zb.T
+        return sim.argmax(axis=1), sim.argmax(axis=0)          # a -> b, b -> a
+
+    def score(ab: np.ndarray, ba: np.ndarray, perm: np.ndarray | None = None) -> float:
+        if perm is None:
+            return 0.5 * (np.mean(y[ab] == y) + np.mean(y[ba] == y))
+        # b' = b[perm]: a_i's nearest b' row is inverse[ab[i]]; row j of b' is old row perm[j]
+        inverse = np.empty(n, dtype=np.int64)
+        inverse[perm] = np.arange(n)
+        return 0.5 * (np.mean(y[inverse[ab]] == y) + np.mean(y[ba[perm]] == y))
+
+    neighbours = [[nearest(za, zb) for zb in lb] for za in la]
+    observed = np.array([[score(*nb) for nb in row] for row in neighbours])
+    rng = np.random.default_rng(seed)
+    perms = [rng.permutation(n) for _ in range(n_shuffles)]
+    perm_null = np.array([max(score(*nb, p) for row in neighbours for nb in row) for p in perms])
+    rng = np.random.default_rng(seed)
+    rot_null = np.empty(n_shuffles)
+    for s in range(n_shuffles):
+        rotated = [zb @ _random_rotation(zb.shape[1], rng) for zb in lb]   # rows stay unit length
+        rot_null[s] = max(score(*nearest(za, zb)) for za in la for zb in rotated)
+    best = float(observed.max())
+    return observed, _band(best, perm_null), _band(best, rot_null)
 
 
 def _band(observed: float, null: np.ndarray) -> NullBand:

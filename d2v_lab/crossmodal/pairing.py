@@ -8,6 +8,7 @@ separately the pooled story ("story").
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,6 +19,7 @@ from d2v_lab.data import load_cifar10, load_fsdd, load_speech_commands, load_sto
 from d2v_lab.data.concepts import CONCEPT_WORDS, DIGIT_WORDS, first_mentions
 from d2v_lab.data.root import DatasetNotFound
 from d2v_lab.data.tokenizer import padded_row
+from d2v_lab.evaluate import hf
 from d2v_lab.evaluate.features import layer_features
 from d2v_lab.train.checkpoint import load_run
 from d2v_lab.train.config import AlignConfig
@@ -43,19 +45,30 @@ def _sample(rng, idx: np.ndarray, n: int) -> np.ndarray:
     return np.sort(rng.choice(idx, size=min(n, len(idx)), replace=False))
 
 
-def image_features(model, root=None, per_concept: int = 100, seed: int = 0) -> ConceptFeatures:
-    """CIFAR-10 TEST images (never seen in pretraining), up to ``per_concept`` per class."""
+def image_samples(root=None, per_concept: int = 100, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """CIFAR-10 TEST images (never seen in pretraining), up to ``per_concept`` per class: (N, 3, 32, 32)
+    uint8 pictures and their class names."""
     test = load_cifar10("test", root)
     rng = np.random.default_rng(seed)
     keep = np.concatenate([_sample(rng, np.flatnonzero(test.labels == c), per_concept)
                            for c in range(len(test.classes))])
-    feats = layer_features(model.student, torch.from_numpy(test.images[keep]))["mean"]
-    return ConceptFeatures("image", feats, np.array(test.classes)[test.labels[keep]], "cifar10/test")
+    return test.images[keep], np.array(test.classes)[test.labels[keep]]
 
 
-def audio_features(model, root=None, per_concept: int = 100, seed: int = 0, progress: bool = True) -> ConceptFeatures:
+def image_features(model, root=None, per_concept: int = 100, seed: int = 0, progress: bool = False) -> ConceptFeatures:
+    """``image_samples`` through a d2v_lab model or a Hugging Face encoder (``evaluate.hf``)."""
+    images, concepts = image_samples(root, per_concept, seed)
+    if isinstance(model, hf.HFEncoder):
+        feats = hf.image_features(model, images, progress=progress)["mean"]
+        return ConceptFeatures("image", feats, concepts, f"cifar10/test via {model.source}")
+    feats = layer_features(model.student, torch.from_numpy(images))["mean"]
+    return ConceptFeatures("image", feats, concepts, "cifar10/test")
+
+
+def audio_samples(root=None, per_concept: int = 100, seed: int = 0) -> tuple[list, np.ndarray, str]:
     """Spoken concept words: FSDD digits (all speakers) and Speech Commands clips of digits and
-    bird/cat/dog (all splits), up to ``per_concept`` per word."""
+    bird/cat/dog (all splits), up to ``per_concept`` per word. Returns the clips (a ClipSet per
+    dataset, in order), every clip's word in that order, and the sources' names."""
     clips = []
     for split in ("training", "validation", "testing"):
         sc = load_speech_commands(split, root)
@@ -72,45 +85,72 @@ def audio_features(model, root=None, per_concept: int = 100, seed: int = 0, prog
     keep = np.concatenate([_sample(rng, np.flatnonzero(words == w), per_concept) for w in SPOKEN_CONCEPTS
                            if (words == w).any()])
     parts = [clips[o][0].subset(keep[owner[keep] == o] - offset[o]) for o in range(len(clips))]
-    x = torch.cat([audio_inputs(p, progress) for p in parts])
     ordered = np.concatenate([keep[owner[keep] == o] for o in range(len(clips))])
+    return parts, words[ordered], " + ".join(sorted({s for _, s in clips}))
+
+
+def audio_features(model, root=None, per_concept: int = 100, seed: int = 0, progress: bool = True) -> ConceptFeatures:
+    """``audio_samples`` through a d2v_lab model (log-mel) or a Hugging Face encoder (1 s waveforms)."""
+    parts, words, source = audio_samples(root, per_concept, seed)
+    if isinstance(model, hf.HFEncoder):
+        waves = np.concatenate([p.waveforms(progress=False) for p in parts])
+        feats = hf.audio_features(model, waves, progress=progress)["mean"]
+        return ConceptFeatures("audio", feats, words, f"{source} via {model.source}")
+    x = torch.cat([audio_inputs(p, progress) for p in parts])
     feats = layer_features(model.student, x)["mean"]
-    return ConceptFeatures("audio", feats, words[ordered], " + ".join(sorted({s for _, s in clips})))
+    return ConceptFeatures("audio", feats, words, source)
 
 
-def text_features(model, tok, seq_len: int, root=None, concepts=IMAGE_CONCEPTS + DIGIT_WORDS,
-                  per_concept: int = 100, mode: str = "word", seed: int = 0) -> ConceptFeatures:
-    """Text features per concept from stories (train + valid) that mention it: the contextual vector
-    at the first mention's tokens (mode="word") or the mean of the story window (mode="story", only
-    stories that mention exactly one of ``concepts``). The word is NOT masked: this is what the model
-    makes of "cat" in context."""
+def text_samples(root=None, concepts=IMAGE_CONCEPTS + DIGIT_WORDS, per_concept: int = 100, mode: str = "word",
+                 seed: int = 0) -> list[tuple[str, re.Match, str]]:
+    """(story, first mention, concept) for up to ``per_concept`` stories (train + valid) per concept that
+    mention it; with mode="story" only stories that mention exactly one of ``concepts``."""
     stories = load_stories("train", root) + load_stories("valid", root)
     rng = np.random.default_rng(seed)
-    rows, selects, labels = [], [], []
     mentions = [first_mentions(s, concepts) for s in stories]      # one scan per story
     if mode == "story":  # a story vector stands for one concept only
         keep = [i for i, m in enumerate(mentions) if len(m) == 1]
         stories, mentions = [stories[i] for i in keep], [mentions[i] for i in keep]
+    picked = []
     for concept in concepts:
         hits = [(i, m[concept]) for i, m in enumerate(mentions) if concept in m]
         for j in _sample(rng, np.arange(len(hits)), per_concept):
             i, match = hits[j]
-            enc = tok.encode(stories[i], add_special_tokens=False)
-            word = [t for t, (a, b) in enumerate(enc.offsets) if a < match.end() and b > match.start()]
-            body = seq_len - 1
-            start = max(0, min(word[0] - body // 4, len(enc.ids) - body))
-            n_tokens = 1 + len(enc.ids[start:start + body])        # [CLS] + the window's tokens
-            sel = torch.zeros(seq_len, dtype=torch.bool)
-            if mode == "word":
-                sel[[t - start + 1 for t in word if t - start + 1 < seq_len]] = True
-            else:
-                sel[1:n_tokens] = True
-            rows.append(padded_row(enc.ids[start:], seq_len))
-            selects.append(sel)
-            labels.append(concept)
+            picked.append((stories[i], match, concept))
+    return picked
+
+
+def text_features(model, tok, seq_len: int, root=None, concepts=IMAGE_CONCEPTS + DIGIT_WORDS,
+                  per_concept: int = 100, mode: str = "word", seed: int = 0, progress: bool = False) -> ConceptFeatures:
+    """Text features per concept from ``text_samples``: the contextual vector at the first mention's
+    tokens (mode="word") or the mean of the story window (mode="story"). The word is NOT masked: this
+    is what the model makes of "cat" in context. ``model`` is a d2v_lab model with its tokenizer
+    ``tok``, or a Hugging Face encoder (its own tokenizer; ``tok`` unused), with windows of ``seq_len``
+    tokens either way."""
+    picked = text_samples(root, concepts, per_concept, mode, seed)
+    labels = np.array([c for *_, c in picked])
+    if isinstance(model, hf.HFEncoder):
+        feats = hf.text_features(model, [s for s, _, _ in picked], [m.span() for _, m, _ in picked],
+                                 select="span" if mode == "word" else "window", max_tokens=seq_len,
+                                 progress=progress)["mean"]
+        return ConceptFeatures("text", feats, labels, f"tinystories ({mode} vectors) via {model.source}")
+    rows, selects = [], []
+    for story, match, _ in picked:
+        enc = tok.encode(story, add_special_tokens=False)
+        word = [t for t, (a, b) in enumerate(enc.offsets) if a < match.end() and b > match.start()]
+        body = seq_len - 1
+        start = max(0, min(word[0] - body // 4, len(enc.ids) - body))
+        n_tokens = 1 + len(enc.ids[start:start + body])        # [CLS] + the window's tokens
+        sel = torch.zeros(seq_len, dtype=torch.bool)
+        if mode == "word":
+            sel[[t - start + 1 for t in word if t - start + 1 < seq_len]] = True
+        else:
+            sel[1:n_tokens] = True
+        rows.append(padded_row(enc.ids[start:], seq_len))
+        selects.append(sel)
     x, sel = torch.tensor(rows, dtype=torch.long), torch.stack(selects)
     feats = layer_features(model.student, x, select=sel)["mean"]
-    return ConceptFeatures("text", feats, np.array(labels), f"tinystories ({mode} vectors)")
+    return ConceptFeatures("text", feats, labels, f"tinystories ({mode} vectors)")
 
 
 def concept_pairs(fa: ConceptFeatures, fb: ConceptFeatures, per_concept: int = 100, min_per_concept: int = 5,
@@ -132,18 +172,30 @@ def concept_pairs(fa: ConceptFeatures, fb: ConceptFeatures, per_concept: int = 1
     return np.concatenate(ia), np.concatenate(ib), np.array(labels)
 
 
+def load_encoder(spec, modality: str):
+    """(model, tokenizer, text window length) of one encoder: a d2v_lab pretraining run folder, or a
+    Hugging Face encoder (``hf:<id>`` or a saved folder; ``evaluate.hf``), which brings its own
+    tokenizer and reads text windows of ``hf.TEXT_TOKENS`` tokens."""
+    if hf.is_hf_spec(spec):
+        return hf.load_encoder(spec, modality), None, hf.TEXT_TOKENS
+    model, cfg, tok = load_run(spec, modality)
+    return model, tok, cfg.data.seq_len
+
+
 def collect_features(image_dir, text_dir, audio_dir, cfg: AlignConfig, root=None,
                      progress: bool = True) -> dict[str, ConceptFeatures]:
-    """Concept features of every modality from three pretraining runs."""
-    image, _, _ = load_run(image_dir, "image")
-    text, text_cfg, tok = load_run(text_dir, "text")
-    audio, _, _ = load_run(audio_dir, "audio")
-    steps = [("image", lambda: image_features(image, root, cfg.per_concept, cfg.seed)),
-             ("text_word", lambda: text_features(text, tok, text_cfg.data.seq_len, root,
-                                                 per_concept=cfg.per_concept, seed=cfg.seed)),
-             ("text_story", lambda: text_features(text, tok, text_cfg.data.seq_len, root,
-                                                  per_concept=cfg.per_concept, mode="story", seed=cfg.seed)),
-             ("audio", lambda: audio_features(audio, root, cfg.per_concept, cfg.seed, progress=False))]
+    """Concept features of every modality from three encoders: pretraining run folders or Hugging
+    Face encoders (see ``load_encoder``), in any mix."""
+    image, _, _ = load_encoder(image_dir, "image")
+    text, tok, seq_len = load_encoder(text_dir, "text")
+    audio, _, _ = load_encoder(audio_dir, "audio")
+    steps = [("image", lambda: image_features(image, root, cfg.per_concept, cfg.seed, progress=progress)),
+             ("text_word", lambda: text_features(text, tok, seq_len, root, per_concept=cfg.per_concept,
+                                                 seed=cfg.seed, progress=progress)),
+             ("text_story", lambda: text_features(text, tok, seq_len, root, per_concept=cfg.per_concept,
+                                                  mode="story", seed=cfg.seed, progress=progress)),
+             ("audio", lambda: audio_features(audio, root, cfg.per_concept, cfg.seed,
+                                             progress=progress and isinstance(audio, hf.HFEncoder)))]
     feats = {}
     for name, fn in tqdm(steps, desc="concept features", disable=not progress, leave=False):
         feats[name] = fn()

@@ -45,6 +45,10 @@ class CKA:
     null_p95: float
     platonic_observed: float | None = None   # None in align.json files written before these fields
     platonic_null_p95: float | None = None
+    # with the layer search (AlignConfig.layer_search): the best layer pair [a, b] of each variant,
+    # whose null took the same maximum over every layer pair; None = the last layers
+    layers: list[int] | None = None
+    platonic_layers: list[int] | None = None
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,7 @@ class RawRetrieval:
     permutation_p95: float
     rotation_p95: float
     common_dim: int
+    layers: list[int] | None = None          # the best layer pair with the layer search, else None (last layers)
 
     @property
     def null_p95(self) -> float:

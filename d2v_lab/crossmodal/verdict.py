@@ -29,9 +29,13 @@ def verdict(r: PairResult) -> Verdict:
     structure = {"mutual_knn": knn.best > knn.null_p95, "cka": cka.observed > cka.null_p95,
                  "rsa": rsa.interpretable and rsa.observed > rsa.p95}
     side = lambda above: "above" if above else "inside"  # noqa: E731
+    # the layer search: say which layer pair won, and that its null took the same maximum
+    searched = lambda layers: (f" at the best layer pair ({layers[0]}, {layers[1]}); the null takes the same "  # noqa: E731
+                               f"maximum over all layer pairs" if layers else "")
     lines = [
         (f"shared space: {shared.upper()}: without any fitting, cross-modal retrieval is "
-         f"{_pct(raw.observed)} (95% interval {_span(raw_ci)} over {r.n_pairs} pairs; chance {_pct(raw.chance)}, "
+         f"{_pct(raw.observed)}{searched(raw.layers)} (95% interval {_span(raw_ci)} over {r.n_pairs} pairs; "
+         f"chance {_pct(raw.chance)}, "
          f"null 95th percentile {_pct(raw.null_p95)}): {WHERE[shared]}."),
         (f"alignable with paired data: {alignable.upper()}: an association network fitted on "
          f"{int(assoc.n_fit)} concept pairs reaches {_pct(assoc.retrieval)} retrieval on {int(assoc.n_eval)} "
@@ -39,7 +43,7 @@ def verdict(r: PairResult) -> Verdict:
          f"{WHERE[alignable]}; a rotation (Procrustes) reaches {_pct(proc.retrieval_after)}."),
         (f"similar relational structure (second-order, NOT a shared space): mutual kNN "
          f"{knn.best:.3f} vs null {knn.null_p95:.3f} ({side(structure['mutual_knn'])}); CKA "
-         f"{cka.observed:.3f} vs null {cka.null_p95:.3f} ({side(structure['cka'])}); RSA "
+         f"{cka.observed:.3f}{f' (best layer pair {cka.layers[0]}, {cka.layers[1]})' if cka.layers else ''} vs null {cka.null_p95:.3f} ({side(structure['cka'])}); RSA "
          f"{rsa.observed:.2f} vs null {rsa.p95:.2f} over {rsa.n_concepts} concepts"
          + ("" if rsa.interpretable else " (too few concepts to read)") + "."),
     ]

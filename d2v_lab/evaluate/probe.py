@@ -24,13 +24,14 @@ import torch
 from tqdm.auto import tqdm
 
 from d2v_lab.data.root import data_root
+from d2v_lab.data.tokenizer import load_tokenizer
 from d2v_lab.train.checkpoint import build_model, load_run
 from d2v_lab.train.config import ProbeConfig
 from d2v_lab.train.device import usable_device
 from d2v_lab.train.profiles import preset
 from d2v_lab.train.runs import CHECKPOINT, PROBE_JSON, is_fresh, read_run_config
 
-from . import tasks
+from . import hf, tasks
 from .features import READOUT, RawInput, layer_features, standardise
 from .results import ProbeResult, Scores, TaskResult, discrimination
 from .supervised import train_supervised
@@ -223,3 +224,77 @@ def cached_probe(run_dir, root=None, progress: bool = True, log=print) -> ProbeR
             log(f"reusing {cached} (newer than its checkpoint)")
             return result
     return run_probe(run_dir, root, progress=progress)
+
+
+# --- a Hugging Face encoder (evaluate/hf.py) -------------------------------------------------------
+
+HF_AUDIO_CHUNK = 2048      # clips read and encoded at a time: the full keyword task is 4 GB of waveforms
+
+
+def hf_source_features(encoder: hf.HFEncoder, data, split: str, progress: bool = False) -> dict[str, np.ndarray]:
+    """{"mean": (L+1, N, D)} of one split of a probe task through ``encoder``, each modality as the
+    model reads it: the pixels (image), the clips (audio, read ``HF_AUDIO_CHUNK`` at a time), the
+    masked story texts around their first [MASK], which becomes the model's own mask token (text)."""
+    if data.modality == "image":
+        return hf.image_features(encoder, data.inputs[split].numpy(), progress=progress)
+    if data.modality == "audio":
+        clips = data.originals[split]
+        parts = [hf.audio_features(encoder, clips.subset(np.arange(i, min(i + HF_AUDIO_CHUNK, len(clips))))
+                                   .waveforms(progress=False), progress=progress)["mean"]
+                 for i in range(0, len(clips), HF_AUDIO_CHUNK)]
+        return {"mean": np.concatenate(parts, axis=1)}
+    mask = encoder.preprocess.mask_token
+    texts = [str(t).replace("[MASK]", mask) for t in data.originals[split]]
+    spans = [(t.index(mask), t.index(mask) + len(mask)) if mask in t else (0, 0) for t in texts]
+    return hf.text_features(encoder, texts, spans, select="window", progress=progress)
+
+
+def hf_probe_tasks(modality: str, profile: str | None = None, root=None, max_train: int = 0, progress: bool = True):
+    """The probe tasks a Hugging Face encoder can take: those whose examples it can read with its own
+    preprocessing. Text: the concept task only (the masked-word task hides words at the level of
+    d2v_lab's BPE tokens, which another tokenizer does not share). The raw-input baseline is read
+    from the task's d2v_lab inputs (pixels, log-mel, d2v_lab's BPE tokens of the same stories)."""
+    if modality == "text":
+        cfg = preset(profile).run("text")
+        tok = load_tokenizer(root, cfg.data.vocab_size, max_stories=cfg.data.max_stories)
+        return [tasks.concept_task(tok, cfg.data.seq_len, root, max_stories=cfg.data.max_stories)
+                .limit_train(max_train)]
+    return probe_tasks(modality, None, None, root, max_train, progress)
+
+
+def run_hf_probe(spec, out_dir, root=None, profile: str | None = None, probe_cfg: ProbeConfig | None = None,
+                 progress: bool = True) -> ProbeResult:
+    """Probe a Hugging Face encoder (``hf:<id>`` or a saved folder) as ``run_probe`` probes a run: the
+    same tasks, splits, readout choice on validation and scores; random init = the same architecture
+    with fresh weights, raw input = the task's input itself. No supervised reference (training a base
+    model end to end is out of this workbench's reach). Writes probe.json into ``out_dir``."""
+    out = Path(out_dir)
+    encoder = hf.load_encoder(spec)
+    probe_cfg = probe_cfg or preset(profile).probe
+    random_encoder = hf.random_init(encoder, seed=0)
+    adapter = build_model(preset(profile).run(encoder.modality)).student.adapter   # for the raw input only
+    results = []
+    for data in hf_probe_tasks(encoder.modality, profile, root, probe_cfg.max_train, progress):
+        probed = {}
+        for name, enc in (("pretrained", encoder), ("random_init", random_encoder)):
+            feats = {split: hf_source_features(enc, data, split, progress) for split in tasks.SPLITS}
+            probed[name] = probe_features(feats, data.labels, probe_cfg.knn_k)
+        probed["raw_input"] = probe_backbone(RawInput(adapter), data, probe_cfg.knn_k, progress=progress)
+        pre, rnd, raw = probed["pretrained"], probed["random_init"], probed["raw_input"]
+        per_layer = [{"layer": r["layer"], "pretrained": r["test"], "pretrained_val": r["val"],
+                      "random_init": q["test"], "random_init_val": q["val"]} for r, q in zip(pre["rows"], rnd["rows"])]
+        results.append(TaskResult(
+            modality=encoder.modality, task=data.task, checkpoint=encoder.source,
+            n_train=data.n("train") + data.n("val"), n_val=data.n("val"), n_test=data.n("test"),
+            chance=1.0 / len(data.classes), majority=float(np.bincount(data.labels["test"]).max() / data.n("test")),
+            classes=list(data.classes), linear=Scores(pre["linear"], rnd["linear"], raw["linear"]),
+            knn=Scores(pre["knn"], rnd["knn"], raw["knn"]), knn_k=probe_cfg.knn_k, supervised=None,
+            selected={name: p["selected"] for name, p in probed.items()}, per_layer=per_layer, pool="mean",
+            note="; ".join(n for n in (data.note, encoder.note, "no supervised reference for a Hugging Face encoder")
+                           if n),
+            counts=data.counts))
+    result = ProbeResult(results, {**dataclasses.asdict(probe_cfg), "readout": {**READOUT, "hf": "mean pooling"}},
+                         str(data_root(root)))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / PROBE_JSON).write_text(json.dumps(result.to_json(), indent=2))
+    return result

@@ -52,6 +52,10 @@ class ProbeData:
     raw: dict[str, np.ndarray] = field(default_factory=dict)
     note: str = ""
     counts: dict = field(default_factory=dict)
+    # the same examples as an encoder with its own preprocessing reads them (``evaluate.hf``), where
+    # ``inputs`` are not that: audio = the clips (a ClipSet per split, read on demand), text = the
+    # masked story texts (an object array per split). Images need none: the pixels are the input.
+    originals: dict = field(default_factory=dict)
 
     def n(self, split: str) -> int:
         return len(self.labels[split])
@@ -63,8 +67,14 @@ class ProbeData:
         keep = np.sort(train_test_split(np.arange(self.n("train")), train_size=n, random_state=seed,
                                         stratify=self.labels["train"])[0])
         pick = lambda d: {**d, "train": d["train"][keep]} if d else d  # noqa: E731
+        originals = {**self.originals, "train": _subset(self.originals["train"], keep)} if self.originals else {}
         return dataclasses.replace(self, inputs=pick(self.inputs), labels=pick(self.labels), raw=pick(self.raw),
+                                   originals=originals,
                                    note=(self.note + "; " if self.note else "") + f"training set limited to {n}")
+
+
+def _subset(examples, keep: np.ndarray):
+    return examples.subset(keep) if hasattr(examples, "subset") else examples[keep]
 
 
 def _stratified_split(n: int, labels: np.ndarray, fraction: float, seed: int):
@@ -88,7 +98,7 @@ def cifar_task(root=None, val_fraction: float = 0.1, seed: int = 0, max_train: i
 def _audio_task(task: str, parts: dict, classes, note: str, progress: bool, counts: dict) -> ProbeData:
     inputs = {k: audio_inputs(c, progress) for k, c in parts.items()}
     return ProbeData(task, "audio", tuple(classes), inputs, {k: c.labels for k, c in parts.items()},
-                     note=note, counts=counts)
+                     note=note, counts=counts, originals=dict(parts))
 
 
 def fsdd_task(root=None, progress: bool = True) -> ProbeData:
@@ -129,11 +139,16 @@ def keyword_task(root=None, progress: bool = True, version: str | None = None) -
                        progress, counts)
 
 
-def concept_windows(stories: list[str], tok: Tokenizer, seq_len: int, concepts=tuple(CONCEPT_WORDS)):
+def concept_windows(stories: list[str], tok: Tokenizer, seq_len: int, concepts=tuple(CONCEPT_WORDS),
+                    texts: list | None = None):
     """Stories that mention exactly one concept, every mention replaced by [MASK], as (ids, labels).
-    Long stories are cut to a window of ``seq_len`` that starts a little before the first mention."""
+    Long stories are cut to a window of ``seq_len`` that starts a little before the first mention.
+    ``texts``, when given a list, receives the masked stories, in the order of the rows."""
     picked = [(story, found[0]) for story in stories if len(found := concepts_in(story, concepts)) == 1]
-    encoded = tok.encode_batch([mask_concept(story, c) for story, c in picked], add_special_tokens=False)
+    masked = [mask_concept(story, c) for story, c in picked]
+    if texts is not None:
+        texts.extend(masked)
+    encoded = tok.encode_batch(masked, add_special_tokens=False)
     rows, labels = [], []
     for (_, concept), enc in zip(picked, encoded):
         ids = enc.ids
@@ -158,8 +173,10 @@ def concept_task(tok: Tokenizer, seq_len: int, root=None, seed: int = 0, min_tra
     stories. Concepts with fewer than ``min_train`` training stories or no test story are dropped
     (reported in ``counts``). The cap matters on the full TinyStories: its 2.1M stories would give
     ~400k windows, and their bag-of-tokens baseline alone 6.5 GB."""
-    x_tr, y_tr = concept_windows(load_stories("train", root)[:max_stories], tok, seq_len)
-    x_te, y_te = concept_windows(load_stories("valid", root), tok, seq_len)
+    t_tr, t_te = [], []
+    x_tr, y_tr = concept_windows(load_stories("train", root)[:max_stories], tok, seq_len, texts=t_tr)
+    x_te, y_te = concept_windows(load_stories("valid", root), tok, seq_len, texts=t_te)
+    t_tr, t_te = np.array(t_tr, dtype=object), np.array(t_te, dtype=object)
     names = list(CONCEPT_WORDS)
     counts = {c: [int((y_tr == i).sum()), int((y_te == i).sum())] for i, c in enumerate(names)}
     kept = [i for i, c in enumerate(names) if counts[c][0] >= min_train and counts[c][1] >= 1]
@@ -167,8 +184,8 @@ def concept_task(tok: Tokenizer, seq_len: int, root=None, seed: int = 0, min_tra
         raise ValueError(f"too few stories per concept for a probe: {counts}")
     remap = {old: new for new, old in enumerate(kept)}
     sel_tr, sel_te = np.isin(y_tr, kept), np.isin(y_te, kept)
-    x_tr, y_tr = x_tr[sel_tr], np.array([remap[v] for v in y_tr[sel_tr]])
-    x_te, y_te = x_te[sel_te], np.array([remap[v] for v in y_te[sel_te]])
+    x_tr, y_tr, t_tr = x_tr[sel_tr], np.array([remap[v] for v in y_tr[sel_tr]]), t_tr[sel_tr]
+    x_te, y_te, t_te = x_te[sel_te], np.array([remap[v] for v in y_te[sel_te]]), t_te[sel_te]
     tr, va = _stratified_split(len(y_tr), y_tr, val_fraction, seed)
     x = {"train": x_tr[tr], "val": x_tr[va], "test": x_te}
     y = {"train": y_tr[tr], "val": y_tr[va], "test": y_te}
@@ -176,7 +193,8 @@ def concept_task(tok: Tokenizer, seq_len: int, root=None, seed: int = 0, min_tra
     return ProbeData("tinystories_concepts", "text", tuple(names[i] for i in kept), x, y,
                      {k: _bag_of_tokens(v, vocab) for k, v in x.items()},
                      "stories naming exactly one concept; every mention replaced by [MASK]",
-                     {"train_test_stories_per_concept": counts})
+                     {"train_test_stories_per_concept": counts},
+                     originals={"train": t_tr[tr], "val": t_tr[va], "test": t_te})
 
 
 # --- masked-word identity: contextual knowledge a bag of tokens lacks (issue 14) ------------------
@@ -477,4 +495,4 @@ def masked_word_task(tok: Tokenizer, seq_len: int, root=None, seed: int = 0, per
                           {k: _bag_of_tokens(v, vocab) for k, v in x.items()},
                           "a word's first mention is [MASK], every other mention of a class word [UNK], in "
                           "windows of the split's story stream; balanced classes; features at the [MASK]",
-                          counts, story)
+                          counts, story=story)

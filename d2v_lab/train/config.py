@@ -287,6 +287,7 @@ RULES: dict[str, dict[str, Rule]] = {
         "common_dim": integer(1),
         "umap_points": integer(1),
         "seed": integer(0),
+        "layer_search": BOOL,
     },
 }
 
@@ -425,6 +426,9 @@ class AlignConfig:
     common_dim: int = 32      # width of the unfitted common space (per-modality PCA)
     umap_points: int = 1000   # at most this many points in the UMAP pictures
     seed: int = 0
+    # CKA and raw retrieval at the best layer pair instead of the last layers (mutual kNN always
+    # searches); each null then takes the same maximum over the same layer pairs
+    layer_search: bool = False
 
     def __post_init__(self):
         check_settings({"align": _values(self)})

@@ -464,3 +464,56 @@ def test_mutual_knn_layers_matches_single_pair_and_null_takes_the_max():
     shuffled = max(mutual_knn_alignment(layers_a[i], layers_b[j][perm], k=5) for i in range(2) for j in range(3))
     _, one = mutual_knn_layers(layers_a, layers_b, k=5, n_shuffles=1, seed=0)
     assert one.mean == pytest.approx(shuffled)
+
+
+# --- the layer search (AlignConfig.layer_search): best layer pair, null with the same maximum ----------
+
+def test_cka_layers_is_cka_per_pair_and_one_layer_is_unbiased_cka_null():
+    from d2v_lab.crossmodal.metrics import unbiased_cka_layers
+    rng = np.random.default_rng(5)
+    base = rng.normal(size=(40, 6))
+    layers_a = [rng.normal(size=(40, 6)), base]
+    layers_b = [base @ random_rotation(6, rng), rng.normal(size=(40, 3)), rng.normal(size=(40, 9))]
+    scores, band = unbiased_cka_layers(layers_a, layers_b, n_shuffles=40, seed=2)
+    for i, a in enumerate(layers_a):
+        for j, b in enumerate(layers_b):
+            assert scores[i, j] == pytest.approx(unbiased_cka(a, b), abs=1e-9)
+    assert band.observed == pytest.approx(1.0) and not band.inside       # base vs its rotation
+    # one layer a side: the same shuffles and numbers as unbiased_cka_null
+    _, one = unbiased_cka_layers([layers_a[0]], [layers_b[1]], n_shuffles=40, seed=2)
+    ref = unbiased_cka_null(layers_a[0], layers_b[1], n_shuffles=40, seed=2)
+    assert (one.observed, one.mean, one.p95) == pytest.approx((ref.observed, ref.mean, ref.p95), abs=1e-12)
+
+
+def test_retrieval_layers_one_layer_is_the_permutation_and_rotation_nulls():
+    from d2v_lab.crossmodal.metrics import retrieval_layers
+    rng = np.random.default_rng(6)
+    y = np.repeat(np.arange(5), 12)
+    a = rng.normal(size=(5, 8))[y] + 0.8 * rng.normal(size=(60, 8))
+    b = rng.normal(size=(60, 8))
+    scores, perm, rot = retrieval_layers([a], [b], y, n_shuffles=30, seed=4)
+    kw = dict(labels_a=y, labels_b=y)
+    assert scores[0, 0] == pytest.approx(cross_modal_retrieval(a, b, **kw))
+    ref_perm = permutation_null(cross_modal_retrieval, a, b, 30, 4, **kw)
+    ref_rot = rotation_null(cross_modal_retrieval, a, b, 30, 4, **kw)
+    assert (perm.mean, perm.p95) == pytest.approx((ref_perm.mean, ref_perm.p95))
+    assert (rot.mean, rot.p95) == pytest.approx((ref_rot.mean, ref_rot.p95))
+
+
+def test_layer_search_does_not_manufacture_alignment():
+    """Unrelated spaces with many layers: the best of 6 x 6 layer pairs scores above what one pair's null
+    allows, but not above the null that takes the same maximum, so the search alone never says "aligned"."""
+    from d2v_lab.crossmodal.metrics import retrieval_layers, unbiased_cka_layers
+    rng = np.random.default_rng(7)
+    y = np.repeat(np.arange(4), 10)
+    clusters = lambda: rng.normal(size=(4, 6))[y] + 0.7 * rng.normal(size=(40, 6))  # noqa: E731
+    layers_a, layers_b = [clusters() for _ in range(6)], [clusters() for _ in range(6)]
+    scores, perm, rot = retrieval_layers(layers_a, layers_b, y, n_shuffles=100, seed=0)
+    single = rotation_null(cross_modal_retrieval, layers_a[-1], layers_b[-1], 100, 0, labels_a=y, labels_b=y).p95
+    assert rot.p95 > single                      # the maximum over 36 pairs is a higher bar than one pair's
+    assert rot.observed <= max(perm.p95, rot.p95)
+    # CKA: the concept clusters are shared structure (CKA sees them); unrelated noise is not
+    noise = [rng.normal(size=(40, 6)) for _ in range(12)]
+    scores, cka = unbiased_cka_layers(noise[:6], noise[6:], n_shuffles=100, seed=0)
+    one = unbiased_cka_null(noise[5], noise[11], n_shuffles=100, seed=0)
+    assert cka.p95 > one.p95 and cka.inside
