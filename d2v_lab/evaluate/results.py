@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from .stats import wilson_interval
+from .stats import call, wilson_interval
 
 DISCRIMINATION_MARGIN = 0.15   # supervised minus random init, in accuracy, for a task to count as evidence
+VERDICT_WORDS = {"yes": "better", "no": "not better", "inconclusive": "inconclusive"}   # stats.call's answers
 
 
 def discrimination(supervised: float | None, random_init: float) -> tuple[bool | None, float | None]:
@@ -66,6 +67,17 @@ class TaskResult:
     def interval(self, accuracy: float) -> tuple[float, float]:
         """The 95% Wilson interval of an accuracy measured on this task's ``n_test`` test items."""
         return wilson_interval(accuracy, self.n_test)
+
+    def verdict(self, baseline: str = "random_init") -> str:
+        """Is the pretrained encoder better than ``baseline`` ("random_init" or "raw_input") on this task?
+        "better" when the whole 95% interval of its linear-probe accuracy lies above the baseline's
+        accuracy, "not better" when it lies at or below it, "inconclusive" when it straddles it
+        (``stats.call``, the rule of every verdict: the test set is too small to tell). Against random
+        init, a task that does not discriminate (``discrimination``) is "inconclusive" whatever the
+        numbers: it cannot tell a good encoder from a random one, so it is no evidence either way."""
+        if baseline == "random_init" and self.discriminates is False:
+            return "inconclusive"
+        return VERDICT_WORDS[call(self.interval(self.linear.pretrained), getattr(self.linear, baseline))]
 
     def to_json(self) -> dict:
         out = asdict(self)

@@ -448,8 +448,10 @@ def _train_steps(model, optimizer, cfg, data, device, world, start, end, history
                  progress, callback):
     t, d = cfg.train, cfg.d2v
     autocast = autocast_for(t.precision, device.type)
-    # the initial weights' share of the teacher after each update, from the whole schedule (exact on resume)
-    shares = init_shares(tau_schedule(d.tau0, d.tau_end, d.tau_ramp_steps, t.steps))
+    # the initial weights' share of the teacher after each update, from the schedule's start (exact on
+    # resume), up to the last step this call runs: not t.steps (a demo configured 10**9 steps long would
+    # allocate gigabytes)
+    shares = init_shares(tau_schedule(d.tau0, d.tau_end, d.tau_ramp_steps, end))
     bar = tqdm(range(start, end), initial=start, total=t.steps, desc=f"pretrain {cfg.modality}",
                disable=not progress, dynamic_ncols=True)
     completed, tic, seen = start, time.perf_counter(), 0

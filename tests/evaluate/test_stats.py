@@ -5,6 +5,8 @@ import pytest
 
 from d2v_lab.evaluate.stats import call, wilson_interval
 
+from builders import task_result
+
 
 def test_wilson_interval_known_values():
     # Brown, Cai & DasGupta (2001): x = 8 of n = 11 -> (0.4343, 0.9025); x = 0 of 10 -> (0, 0.2775)
@@ -28,3 +30,25 @@ def test_wilson_interval_refuses_nonsense():
 ])
 def test_call_is_yes_no_or_inconclusive(interval, p95, expected):
     assert call(interval, p95) == expected
+
+
+@pytest.mark.parametrize("pretrained,baseline,expected", [
+    (0.60, 0.50, "better"),        # 300 of 500: interval 55.6-64.2%, all above 50%
+    (0.45, 0.50, "not better"),    # interval 40.7-49.4%, all below
+    (0.50, 0.55, "not better"),    # interval 45.6-54.4%: at or below 55%
+    (0.53, 0.50, "inconclusive"),  # interval 48.6-57.3% straddles 50%
+])
+def test_probe_verdict_is_the_call_of_the_pretrained_interval_against_the_baseline(pretrained, baseline, expected):
+    for name, linear in (("random_init", (pretrained, baseline, 0.1)), ("raw_input", (pretrained, 0.1, baseline))):
+        t = task_result(linear=linear, n_test=500)
+        assert t.verdict(name) == expected
+        assert t.verdict(name) == {"yes": "better", "no": "not better", "inconclusive": "inconclusive"}[
+            call(wilson_interval(pretrained, 500), baseline)]
+
+
+def test_probe_verdict_against_random_init_needs_a_task_that_discriminates():
+    clear = dict(linear=(0.9, 0.3, 0.95), n_test=1000)
+    assert task_result(supervised=0.6, **clear).verdict() == "better"          # supervised beats random by 30
+    assert task_result(supervised=0.35, **clear).verdict() == "inconclusive"   # by 5: the task tells nothing
+    assert task_result(supervised=None, **clear).verdict() == "better"         # not measured: the numbers decide
+    assert task_result(supervised=0.35, **clear).verdict("raw_input") == "not better"

@@ -197,6 +197,24 @@ def test_logged_teacher_init_share_is_the_schedule_product_also_after_resume(fak
     assert [r["teacher_init_share"] for r in logged] == pytest.approx([0.9, 0.81, 0.729], rel=1e-12)
 
 
+def test_init_shares_cover_only_the_steps_run(fake_root, tmp_path, monkeypatch):
+    """A run configured far longer than it runs (the EMA demos: 10**9 steps, stopped after a few) logs
+    the same shares, computed only up to the steps it runs: the whole schedule would take gigabytes."""
+    import d2v_lab.train.loop as loop
+    asked = []
+
+    def schedule(tau0, tau_end, ramp, steps):
+        asked.append(steps)
+        assert steps <= 1000, f"the loop asked for the schedule of {steps} steps"
+        return tau_schedule(tau0, tau_end, ramp, steps)
+    monkeypatch.setattr(loop, "tau_schedule", schedule)
+    cfg = tiny("audio", "train.steps=1000000000", "d2v.tau_init_share=0", "d2v.tau0=0.9", "d2v.tau_end=0.9",
+               "d2v.tau_ramp_steps=0", "train.eval_every=0", "train.checkpoint_every=1000000000")
+    logged = pretrain(cfg, tmp_path, data=pretraining_data(cfg, progress=False), progress=False, stop_after=3).metrics
+    assert asked == [3]
+    assert [r["teacher_init_share"] for r in logged] == pytest.approx([0.9, 0.81, 0.729], rel=1e-12)
+
+
 # --- checkpoints ---------------------------------------------------------------------------------------
 
 def run_dir(tmp_path):
