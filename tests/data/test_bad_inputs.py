@@ -13,6 +13,9 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -58,6 +61,33 @@ def fsdd_waves(root):
 
 def tokenizer(root):
     return load_tokenizer(root, vocab_size=300)
+
+
+# root ignores a folder's read-only permission bits (its CAP_DAC_OVERRIDE), and CI runs as root; this
+# call runs in a child process that keeps root's uid but has lost that capability, as an ordinary user's would
+WITHOUT_OVERRIDE = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"]
+CHILD = """import sys
+from d2v_lab.data import DataError
+from d2v_lab.data.tokenizer import load_tokenizer
+try:
+    load_tokenizer(sys.argv[1], vocab_size=300)
+except DataError as e:
+    print(e)
+    sys.exit(3)
+"""
+
+
+def tokenizer_as_a_user(root):
+    """``tokenizer(root)``, where a read-only folder is read-only for the caller even when it is root."""
+    if not IS_ROOT:
+        return tokenizer(root)
+    if shutil.which("setpriv") is None:
+        pytest.fail("running as root needs util-linux's setpriv to drop CAP_DAC_OVERRIDE (apt-get install util-linux)")
+    child = subprocess.run([*WITHOUT_OVERRIDE, sys.executable, "-c", CHILD, str(root)], capture_output=True,
+                           text=True, timeout=300, env=dict(os.environ))
+    if child.returncode == 3:
+        raise DataError(child.stdout.strip())
+    raise AssertionError(f"the child exited {child.returncode} without a DataError: {child.stderr[-2000:]}")
 
 
 # --- builders of bad input (each takes the data root) ---------------------------------------------
@@ -265,9 +295,8 @@ CASES = [
     # ----- the tokenizer cache -----
     case("cache: a file where the cache folder goes", cache_blocked_by_a_file, tokenizer, "cache",
          r"cannot write the d2v_lab cache here \(.+\); set D2V_LAB_CACHE to a writable folder"),
-    case("cache: read-only cache folder", cache_read_only, tokenizer, "cache",
-         r"cannot write the d2v_lab cache here \(.+\); set D2V_LAB_CACHE to a writable folder",
-         marks=pytest.mark.skipif(IS_ROOT, reason="root can write into a read-only folder")),
+    case("cache: read-only cache folder", cache_read_only, tokenizer_as_a_user, "cache",
+         r"cannot write the d2v_lab cache here \(.+\); set D2V_LAB_CACHE to a writable folder"),
 ]
 
 
