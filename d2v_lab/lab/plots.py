@@ -40,7 +40,7 @@ def plot_probe(result: TaskResult, path=None, ax=None):
         ax.axhline(y, color=colour, ls=":", lw=1.5, label=f"{label}: {y:.1f}%")
     ax.set_xlabel("layer (0 = embedded input)")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"{result.modality} / {result.task}: linear probe per layer "
+    ax.set_title(f"{result.modality} / {result.task}: linear probe per layer\n"   # two lines: fits side by side
                  f"(n_train={result.n_train}, n_test={result.n_test})", fontsize=9)
     ax.set_xticks(layers)
     ax.legend(fontsize=8)
