@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -290,9 +291,22 @@ def test_an_out_that_cannot_be_created_is_one_line_naming_its_parent(fake_root, 
     assert not out.parent.exists()                   # the parent this run made is gone again
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root can write into a read-only folder")
 def test_a_really_read_only_out(fake_root, tmp_path, capsys):
+    """A folder whose permission bits refuse writes. Root ignores them (CAP_DAC_OVERRIDE), and CI runs
+    as root, so there the command runs in a child process that keeps uid 0 but has dropped that
+    capability (util-linux's setpriv), as an ordinary user's would."""
     out = tmp_path / "run"
     out.mkdir(mode=0o555)
-    assert main(cli(out)) == 2
-    assert "the folder is not writable" in one_line_error(capsys)
+    if os.geteuid() != 0:
+        assert main(cli(out)) == 2
+        err = one_line_error(capsys)
+    else:
+        assert shutil.which("setpriv"), "running as root needs util-linux's setpriv to drop CAP_DAC_OVERRIDE"
+        child = subprocess.run(["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--",
+                                sys.executable, "-m", "d2v_lab", *cli(out)],
+                               capture_output=True, text=True, timeout=300, env=dict(os.environ))
+        assert child.returncode == 2, child.stderr[-2000:]
+        err = child.stderr
+        assert err.startswith("d2v-lab: ") and err.count("\n") == 1, err
+    assert "the folder is not writable" in err
+    assert listing(out) == []                        # the refused run left nothing behind
