@@ -105,6 +105,17 @@ def nearest(view: dict[str, np.ndarray], query: int, modality: str, k: int = 5) 
     return view["concept"][order].tolist()
 
 
+def nearest_is_own_concept(view: dict[str, np.ndarray], a: str, b: str):
+    """For every point of modality ``a``: is its nearest point of modality ``b`` (cosine, in "z") of the
+    same concept? Returns (a's concepts (Na,), the hits (Na,) bool, the chance of each hit (Na,): the
+    share of b's points with that concept, what a random neighbour would score)."""
+    z, mods, concept = l2_normalize(view["z"]), view["modality"], view["concept"]
+    ia, ib = np.flatnonzero(mods == a), np.flatnonzero(mods == b)
+    hits = concept[ib[np.argmax(z[ia] @ z[ib].T, axis=1)]] == concept[ia]
+    chance = np.array([(concept[ib] == c).mean() for c in concept[ia]])
+    return concept[ia], hits, chance
+
+
 def save_views(views: Views, path: Path) -> None:
     np.savez(path, **{f"{tag}/{key}": v for tag, view in views.items() for key, v in view.items()})
 

@@ -3,9 +3,10 @@ concept-similarity matrix / nearest neighbours read from their coordinates."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from d2v_lab.crossmodal.pairing import ConceptFeatures
-from d2v_lab.crossmodal.views import cross_similarity, nearest, umap_views
+from d2v_lab.crossmodal.views import cross_similarity, nearest, nearest_is_own_concept, umap_views
 from d2v_lab.train.config import AlignConfig
 
 
@@ -39,3 +40,14 @@ def test_cross_similarity_and_nearest_on_a_known_space():
     assert rows == cols == ["cat", "dog"]
     assert sim[0, 0] > 0.99 and sim[1, 1] > 0.99 and sim[0, 1] < 0.2
     assert nearest(view, 0, "text", k=2) == ["cat", "dog"]
+
+
+def test_nearest_is_own_concept_counts_hits_and_their_chance():
+    # images: a cat near the cat word, a dog near the cat word (a miss), a dog near the dog word
+    z = np.array([[1.0, 0], [0.95, 0.05], [0, 1.0], [1.0, 0.02], [0.02, 1.0], [0.03, 1.0]])
+    view = {"z": z, "modality": np.array(["image", "image", "image", "text", "text", "text"]),
+            "concept": np.array(["cat", "dog", "dog", "cat", "dog", "dog"])}
+    names, hits, chance = nearest_is_own_concept(view, "image", "text")
+    assert names.tolist() == ["cat", "dog", "dog"]
+    assert hits.tolist() == [True, False, True]
+    assert chance == pytest.approx([1 / 3, 2 / 3, 2 / 3])
